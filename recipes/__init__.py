@@ -1,0 +1,1 @@
+"""Recipe families (sft, rl, probing, translation, retrieval, t2i). Imported lazily through runner.registry."""

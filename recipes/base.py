@@ -1,0 +1,95 @@
+"""The Recipe interface every family implements, and the Plan a recipe returns before it runs.
+
+``recipe = registry[method.recipe](cfg)``; ``recipe.plan()`` counts parameters, rows, steps and memory without
+training (a dry-run stops there); ``recipe.run()`` trains and/or evaluates and returns flat metrics such as
+``{"train/loss": 1.2, "eval/accuracy": 0.4}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from runner.logging import MetricsLogger
+from runner.outputs import RunDir
+
+
+@dataclass
+class Plan:
+    """What a run will do, computed without training (``dry_run=true`` prints it and writes ``plan.json``)."""
+
+    recipe: str
+    method: str
+    model: str
+    total_params: int = 0
+    """Parameters of the model (tied tensors counted once)."""
+    trainable_params: int = 0
+    """Parameters that receive gradients under the method."""
+    train_rows: int = 0
+    """Training rows after filtering (language selection, max_samples, over-length rows dropped)."""
+    eval_rows: int = 0
+    """Evaluation rows."""
+    steps: int = 0
+    """Optimizer steps."""
+    global_batch_size: int = 0
+    """Rows per optimizer step (micro_batch_size x grad_accum_steps x world size)."""
+    memory_gb: float = 0.0
+    """Model-state memory per process (weights + gradients + optimizer states), GiB."""
+    memory: dict[str, float] = field(default_factory=dict)
+    """The breakdown of ``memory_gb``."""
+    notes: list[str] = field(default_factory=list)
+    """Facts worth showing (dropped rows, chosen layers...)."""
+    problems: list[str] = field(default_factory=list)
+    """Everything that makes the plan invalid; a non-empty list stops the run with exit status 1."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Recipe-specific figures."""
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable_params / self.total_params if self.total_params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trainable_fraction"] = self.trainable_fraction
+        return d
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, value) lines of the printed table."""
+        out = [("recipe / method", f"{self.recipe} / {self.method}"), ("model", self.model),
+               ("total params", f"{self.total_params:,} ({human(self.total_params)})"),
+               ("trainable params", f"{self.trainable_params:,} ({100 * self.trainable_fraction:.2f}%)"),
+               ("train rows", f"{self.train_rows:,}"), ("eval rows", f"{self.eval_rows:,}"),
+               ("steps", f"{self.steps:,}"), ("global batch", f"{self.global_batch_size}"),
+               ("memory (model states)", f"{self.memory_gb:.2f} GiB " + ", ".join(
+                   f"{k.removesuffix('_gb')} {v:.2f}" for k, v in self.memory.items() if k != "total_gb"))]
+        out += [(str(k), str(v)) for k, v in self.extra.items() if not isinstance(v, (dict, list))]
+        return out
+
+
+def human(n: float) -> str:
+    """``6738415616`` -> ``6.74B``."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+class Recipe:
+    """Base class of the recipes: ``__init__(cfg)``, ``plan() -> Plan``, ``run() -> dict[str, float]``.
+
+    Services available to subclasses: ``self.cfg`` (the resolved config), ``self.run_dir`` (:class:`RunDir`),
+    ``self.metrics`` (:class:`MetricsLogger`: ``metrics.jsonl`` + the tracker).
+    """
+
+    def __init__(self, cfg: Any, metrics: MetricsLogger | None = None):
+        self.cfg = cfg
+        self.run_dir = RunDir(cfg.run_dir)
+        self.metrics = metrics or MetricsLogger(self.run_dir)
+
+    def plan(self) -> Plan:
+        """Count parameters, rows, steps and memory; list every problem found. Must not train."""
+        raise NotImplementedError
+
+    def run(self) -> dict[str, float]:
+        """Train and/or evaluate; return final flat metrics (written to ``metrics.json`` by the caller)."""
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""The SFT family: full fine-tuning, LoRA, and SLAM (more methods join here: OXA, GRAM)."""

@@ -1,0 +1,257 @@
+"""The ``run`` command: compose -> validate -> plan (dry-run stops here) -> run -> run dir.
+
+``run <overrides>`` composes ``conf/config.yaml`` with the chosen groups (``model``, ``method``, ``data``,
+``hardware``, ``logger``, ``experiment``) and overrides, validates it, asks the method's recipe for a plan, then runs
+it. ``run -m ...`` is a Hydra multirun sweep. Errors caused by the input print as one paragraph on stderr, without a
+traceback, and exit with status 1.
+
+No torch or transformers import happens at module import time: ``run --help``, ``run --cfg job`` and every config
+error answer fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from runner.config import CONF_DIR, compose, register_configs, validate
+from runner.errors import RunnerError
+from runner.outputs import RunDir, is_main_process
+
+log = logging.getLogger("runner")
+
+_HYDRA_ONLY_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                     "--version", "--resolve", "-p", "--package")
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _fail(ex: RunnerError) -> None:
+    sys.stderr.write(ex.paragraph() + "\n")
+    sys.stderr.flush()
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _first_of_sweeps(overrides: list[str]) -> list[str]:
+    """Each sweep override (``a=1,2``, ``choice(...)``, ``range(...)``) replaced by its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = []
+    for ov in OverridesParser.create().parse_overrides(overrides):
+        if ov.is_sweep_override():
+            first = next(iter(ov.sweep_string_iterator()))
+            out.append(f"{ov.get_key_element()}={first}")
+        else:
+            out.append(ov.input_line)
+    return out
+
+
+def preflight(argv: list[str]) -> list[str]:
+    """Compose the config before Hydra starts, so a config error is one paragraph and no run dir is touched.
+
+    For a single run, also fix the run dir once (``hydra.run.dir=<absolute path>``, which every rank of a later
+    relaunch reuses) and refuse a dir that holds another run's results. Returns the argv to hand to Hydra.
+
+    Raises:
+        RunnerError: the config does not compose, or the run dir cannot be used.
+    """
+    multirun = any(a in _MULTIRUN_FLAGS for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        probe = _first_of_sweeps(overrides) if multirun else overrides
+    except Exception as ex:  # the override grammar's own parse error
+        from runner.config import compose_error
+
+        raise compose_error(ex, overrides) from None
+    cfg = compose(probe, return_hydra_config=True)
+    if multirun:
+        return argv
+    validate(cfg)
+    run_dir = Path(str(cfg.hydra.run.dir)).expanduser().absolute()
+    resume = bool(cfg.resume)
+    RunDir(run_dir).check_fresh(resume)
+    return [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={_quote(str(run_dir))}"]
+
+
+HELP = """usage: run [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]
+
+Compose a config from the groups below, validate it, plan it, and run it.
+  run method=slam model=llama2-7b dry_run=true     plan only: parameters, rows, steps, memory; writes plan.json
+  run method=slam train.max_steps=50               train and evaluate tiny-llama on the built-in data (CPU)
+  run method=slam data=mgsm data.path=DIR          real data from a local copy
+  run -m method=sft,slam seed=1,2                  a Hydra multirun sweep
+  run experiment=NAME                              a paper's full setting (conf/experiment/)
+
+Config groups (group=option):
+{groups}
+Sections (key=value): train.* (lr, epochs, max_steps, micro_batch_size, grad_accum_steps, max_seq_len,
+  warmup_ratio, save_steps, eval_steps, ...), eval.* (max_samples, batch_size, max_new_tokens, num_samples,
+  temperature, top_p, pass_at_k, repeats), seed, dry_run, resume, run_dir.
+  `run --cfg job` prints the composed config; `run --hydra-help` shows Hydra's own flags.
+Results go to the run dir (hydra.run.dir=DIR): config.yaml, plan.json, metrics.json, metrics.jsonl,
+predictions.jsonl, checkpoints/step-N/, provenance.json.
+"""
+
+
+def print_help() -> None:
+    """The usage text, with each group's options read from ``conf/`` (no composition: instant)."""
+    from runner.config import GROUPS, group_options
+
+    lines = "".join(f"  {g:<10} {', '.join(group_options(g)) or '(none yet)'}\n" for g in GROUPS)
+    sys.stdout.write(HELP.format(groups=lines))
+
+
+def main() -> None:
+    """Console-script entry point (``run``)."""
+    argv = sys.argv[1:]
+    if any(a in ("--help", "-h") for a in argv):
+        print_help()
+        return
+    register_configs()
+    if not any(a.split("=")[0] in _HYDRA_ONLY_FLAGS for a in argv):
+        try:
+            argv = preflight(argv)
+        except RunnerError as ex:
+            _fail(ex)
+            sys.exit(1)
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_entry()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _hydra_entry(cfg: DictConfig) -> Any:
+    return execute(cfg)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def execute(cfg: DictConfig) -> dict[str, float] | None:
+    """One job: validate, plan, (dry-run stop), run, write results. Used by the Hydra entry point and by tests.
+
+    In a multirun, a failed job is recorded in its ``status.json`` and the sweep goes on; in a single run, a user
+    error exits with status 1 after printing one paragraph.
+    """
+    from runner import registry
+    from runner.logging import MetricsLogger, make_tracker, quiet_libraries
+
+    multirun = _is_multirun()
+    run_dir = RunDir(cfg.run_dir)
+    tracker = None
+    failed = True
+    t0 = time.time()
+    try:
+        validate(cfg)
+        if multirun:
+            run_dir.check_fresh(cfg.resume)
+        quiet_libraries()
+        from runner import hardware
+
+        precision = hardware.setup(cfg.hardware)
+        recipe = registry.get_recipe(cfg.method.recipe)(cfg)
+        plan = recipe.plan()
+        plan.extra.setdefault("precision", precision)
+        _print_plan(plan, run_dir)
+        run_dir.write_json("plan.json", plan.to_dict())
+        if plan.problems:
+            raise RunnerError(f"the plan has {len(plan.problems)} problem(s) and nothing was run:", plan.problems)
+        if cfg.dry_run:
+            failed = False
+            _write_status(run_dir, "dry_run", t0)
+            return None
+        from runner.config import to_container
+
+        run_dir.write_config(cfg)
+        run_dir.write_provenance(extra={"precision": precision})
+        _write_status(run_dir, "running", t0)
+        tracker = make_tracker(cfg, run_dir, to_container(cfg))
+        recipe.metrics = MetricsLogger(run_dir, tracker)
+        metrics = recipe.run()
+        metrics = {**metrics, "time/wall_s": round(time.time() - t0, 2)}
+        run_dir.write_metrics(metrics)
+        tracker.summary(metrics)
+        _print_summary(metrics, plan, run_dir)
+        failed = False
+        _write_status(run_dir, "completed", t0)
+        return metrics
+    except RunnerError as ex:
+        _write_status(run_dir, "failed", t0, ex.paragraph())
+        _fail(ex)
+        if multirun:
+            return None
+        sys.exit(1)
+    except Exception as ex:
+        if not multirun:
+            raise
+        _write_status(run_dir, "failed", t0, "".join(traceback.format_exception(ex))[-4000:])
+        log.error("job failed: %s", ex)
+        return None
+    finally:
+        if tracker is not None:
+            tracker.finish(failed)
+
+
+def _write_status(run_dir: RunDir, status: str, t0: float, error: str | None = None) -> None:
+    try:
+        if run_dir.path.exists() or status != "failed":
+            run_dir.write_json("status.json", {"status": status, "wall_s": round(time.time() - t0, 2),
+                                               "error": error})
+    except RunnerError:
+        pass
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(soft_wrap=False, width=max(100, int(os.environ.get("COLUMNS", "100"))))
+
+
+def _print_plan(plan: Any, run_dir: RunDir) -> None:
+    if not is_main_process():
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Plan ({run_dir.path})", show_header=False)
+    for label, value in plan.rows():
+        table.add_row(label, value)
+    for note in plan.notes:
+        table.add_row("note", note)
+    for problem in plan.problems:
+        table.add_row("[red]problem[/red]", problem)
+    _console().print(table)
+
+
+def _print_summary(metrics: dict[str, Any], plan: Any, run_dir: RunDir) -> None:
+    if not is_main_process():
+        return
+    from rich.table import Table
+
+    table = Table(title="Summary", show_header=False)
+    table.add_row("trainable", f"{plan.trainable_params:,} of {plan.total_params:,} "
+                               f"({100 * plan.trainable_fraction:.2f}%)")
+    for key in sorted(metrics):
+        value = metrics[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    table.add_row("run dir", str(run_dir.path))
+    _console().print(table)
+
+
+if __name__ == "__main__":
+    main()

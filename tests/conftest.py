@@ -1,0 +1,67 @@
+"""Shared fixtures: Hydra Compose API configs, a shared tiny-model cache, paths to ../shared/data, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+RUN = str(Path(sys.executable).parent / "run")
+
+# One cache of built tiny models for the whole session (and all xdist workers): builds are atomic renames.
+os.environ.setdefault("RUNNER_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"runner-test-cache-{os.getuid()}"))
+os.environ.setdefault("RUNNER_PROGRESS", "0")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data (skips the test when the shared data is not there)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data {path} not available")
+    return path
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """``compose_cfg(*overrides)`` -> a composed config with run_dir in tmp_path."""
+    from runner.config import compose
+
+    def _compose(*overrides: str):
+        return compose([f"run_dir={tmp_path / 'run'}", *overrides])
+
+    return _compose
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+    """Run the ``run`` console script as a user would; returns the CompletedProcess (text)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([RUN, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+TINY = {
+    "llama": dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=False),
+    "qwen2": dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True),
+}
+"""The METHODS.md test architecture: 8 layers, hidden 64, intermediate 128."""
+
+
+def tiny_model(kind: str, seed: int = 0):
+    """A random-init tiny causal LM of :data:`TINY` (fp32, CPU)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch = dict(TINY[kind])
+    config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
