@@ -97,14 +97,19 @@ class TensorboardTracker(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.logged: set[str] = set()
+        self.last_step = 0
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
+                self.logged.add(key)
+        self.last_step = max(self.last_step, step)
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
-        self.log(metrics, step=0)
+        """Final metrics not already on a curve (e.g. the final evaluation), at the last step."""
+        self.log({k: v for k, v in metrics.items() if k not in self.logged}, step=self.last_step)
 
     def finish(self, failed: bool = False) -> None:
         self.writer.close()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("RUNNER_SHARED_DATA", REPO.parent / "shared" / "data"))
+"""Real public data for tests: ``../shared/data`` next to the repo (or ``$RUNNER_SHARED_DATA``)."""
 RUN = str(Path(sys.executable).parent / "run")
 
 # One cache of built tiny models for the whole session (and all xdist workers): builds are atomic renames.
@@ -41,8 +42,12 @@ def compose_cfg(tmp_path):
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
-    """Run the ``run`` console script as a user would; returns the CompletedProcess (text)."""
+    """Run the ``run`` console script as a user would; returns the CompletedProcess (text).
+
+    ``env`` adds variables; a value of None removes that variable.
+    """
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # env={"X": None} removes X
     return subprocess.run([RUN, *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
                           env=full_env)
 
