@@ -31,6 +31,7 @@ log = logging.getLogger("runner")
 _HYDRA_ONLY_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                      "--version", "--resolve", "-p", "--package")
 _MULTIRUN_FLAGS = ("-m", "--multirun")
+_VALUE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun")
 
 
 def _fail(ex: RunnerError) -> None:
@@ -66,7 +67,14 @@ def preflight(argv: list[str]) -> list[str]:
         RunnerError: the config does not compose, or the run dir cannot be used.
     """
     multirun = any(a in _MULTIRUN_FLAGS for a in argv)
-    overrides = [a for a in argv if not a.startswith("-")]
+    overrides, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _VALUE_FLAGS:
+            skip = True
+        elif not a.startswith("-"):
+            overrides.append(a)
     try:
         probe = _first_of_sweeps(overrides) if multirun else overrides
     except Exception as ex:  # the override grammar's own parse error
