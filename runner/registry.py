@@ -18,6 +18,7 @@ from runner.errors import ConfigError
 
 RECIPES: dict[str, str] = {
     "sft": "recipes.sft.recipe:SFTRecipe",
+    "rl": "recipes.rl.recipe:GRPORecipe",
 }
 """Recipe family name -> ``module:Class`` implementing :class:`recipes.base.Recipe`."""
 
@@ -25,6 +26,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "sft": ("sft", "recipes.sft.config:SFTMethodConfig"),
     "lora": ("sft", "recipes.sft.config:LoraMethodConfig"),
     "slam": ("sft", "recipes.sft.config:SlamMethodConfig"),
+    "grpo": ("rl", "recipes.rl.config:GRPOMethodConfig"),
 }
 """Method name -> (recipe family, ``module:Class`` of its config schema)."""
 

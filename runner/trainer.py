@@ -21,8 +21,11 @@ from runner.logging import MetricsLogger, progress
 _SAMPLING = {"random": "random", "length_grouped": "group_by_length", "sequential": "sequential"}
 
 
-def training_arguments(cfg: Any, precision: str, output_dir: str | Path, **overrides: Any) -> TrainingArguments:
-    """``TrainingArguments`` derived from the runner config (one home per knob: ``train.*`` and ``hardware.*``)."""
+def training_arguments(cfg: Any, precision: str, output_dir: str | Path, args_class: type = TrainingArguments,
+                       **overrides: Any) -> TrainingArguments:
+    """``TrainingArguments`` derived from the runner config (one home per knob: ``train.*`` and ``hardware.*``).
+
+    ``args_class`` builds a subclass instead (e.g. TRL's ``GRPOConfig``), ``overrides`` adding its own fields."""
     t, hw = cfg.train, cfg.hardware
     total = t.max_steps if t.max_steps > 0 else None
     kwargs: dict[str, Any] = dict(
@@ -62,7 +65,7 @@ def training_arguments(cfg: Any, precision: str, output_dir: str | Path, **overr
     if hw.distributed != "none":
         kwargs["ddp_backend"] = hw.backend if hw.backend != "auto" else ("nccl" if hw.device == "cuda" else "gloo")
     kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    return args_class(**kwargs)
 
 
 class RunnerTrainer(Trainer):
