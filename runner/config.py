@@ -516,6 +516,9 @@ def validate(cfg: DictConfig) -> None:
     if ev.num_samples > 1 and ev.temperature == 0:
         problems.append(f"'eval.num_samples' is {ev.num_samples} with eval.temperature=0 (greedy): every sample "
                         "would be identical; set eval.temperature > 0 (e.g. 0.6).")
+    if ev.repeats > 1 and ev.temperature == 0:
+        problems.append(f"'eval.repeats' is {ev.repeats} with eval.temperature=0 (greedy): every repeat would be "
+                        "identical; set eval.temperature > 0 (the long-CoT study: 0.6 with eval.top_p=0.95).")
     bad_k = [k for k in ev.pass_at_k if k < 1 or k > ev.num_samples]
     if bad_k:
         problems.append(f"'eval.pass_at_k' has {bad_k}, outside [1, eval.num_samples={ev.num_samples}]; lower k or "
