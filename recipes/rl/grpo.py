@@ -20,7 +20,7 @@ The hooks overridden (names checked against trl 1.16.0's ``grpo_trainer.py``):
 * ``_generate_and_score_completions``: replace TRL's advantages by :func:`~recipes.rl.variants.group_advantages`
   (unbiased std, eps 1e-6: TRL's are ``std + 1e-4``), then apply **positive-only / negative-only** by zeroing the
   ``completion_mask`` rows of the removed rollouts. Under the token-mean loss this is exactly removing them: they
-  leave both the sum and the denominator ``mask.sum()`` and give no gradient (``tests/unit/test_rl.py`` checks loss
+  leave both the sum and the denominator ``mask.sum()`` and give no gradient (``tests/recipes/test_rl.py`` checks loss
   and gradient against a physically smaller batch). Masking rather than slicing keeps TRL's fixed-size split of the
   generation batch into micro-batches; a step where no rollout is kept takes no optimizer step (the study skips it),
   by clearing the gradients so AdamW leaves the weights and its moments alone.

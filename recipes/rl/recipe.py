@@ -143,7 +143,10 @@ class GRPORecipe(SFTRecipe):
             temperature=m.temperature, top_p=m.top_p, top_k=0, beta=m.beta, epsilon=m.epsilon,
             epsilon_high=m.epsilon_high, num_iterations=m.num_iterations, loss_type="bnpo", scale_rewards="group",
             reward_weights=list(m.reward_weights) if m.reward_weights is not None else None,
-            mask_truncated_completions=False, log_completions=False, shuffle_dataset=True)
+            mask_truncated_completions=False, log_completions=False, shuffle_dataset=True,
+            # TRL builds the KL reference from the policy's name_or_path with these (the policy is already loaded)
+            trust_remote_code=cfg.model.trust_remote_code,
+            model_init_kwargs={"revision": cfg.model.revision} if cfg.model.revision else None)
         metrics_cb, progress_cb = MetricsCallback(self.metrics), RichProgressCallback()
         trainer = StudyGRPOTrainer(model=model, reward_funcs=rewards, args=args,
                                    train_dataset=datasets.Dataset.from_list(rows.rows), processing_class=tokenizer,

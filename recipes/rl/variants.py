@@ -46,8 +46,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
         ValueError: ``rewards`` is not flat or its length is not a multiple of ``group_size``.
     """
     grouped = _groups(rewards.float(), group_size)
-    if group_size == 1:
-        return (grouped.flatten() - 0.0) / (1.0 + eps)
+    if group_size == 1:  # verl: mean 0, std 1
+        return grouped.flatten() / (1.0 + eps)
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True)  # unbiased
     return ((grouped - mean) / (std + eps)).flatten()

@@ -160,7 +160,8 @@ def test_grpo_with_injection_length_reward_and_negative_only(tmp_path):
 
 
 def test_grpo_plain_with_kl_to_the_reference(tmp_path):
-    proc = run_cli(*TINY_RL, f"data.path={shared('gsm8k')}", "method.beta=0.001", "eval.enabled=false",
+    proc = run_cli(*TINY_RL, f"data.path={shared('gsm8k')}", "data.max_samples=8", "method.beta=0.001",
+                   "eval.enabled=false",
                    f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [x for x in _lines(tmp_path) if "train/loss" in x]
@@ -176,7 +177,7 @@ def test_grpo_config_and_data_errors_before_any_model(tmp_path):
     assert proc.returncode == 1 and "not a multiple of method.num_generations=8" in proc.stderr + proc.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "gsm8k-train-0", "solutions": "The answer is 72."}\n')
-    proc = run_cli(*TINY_RL, f"data.path={shared('gsm8k')}", "method.offline_injection.enabled=true",
+    proc = run_cli(*TINY_RL, f"data.path={shared('gsm8k')}", "data.max_samples=2", "method.offline_injection.enabled=true",
                    f"method.offline_injection.path={bad}", "dry_run=true", f"hydra.run.dir={tmp_path / 'b'}")
     out = proc.stderr + proc.stdout
     assert proc.returncode == 1 and "row 1: 'solutions' must be a list of strings" in out
