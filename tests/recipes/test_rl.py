@@ -125,7 +125,7 @@ def _stored(tmp_path):
 
 
 TINY_RL = ["method=grpo", "model=tiny-qwen2", "data=gsm8k", "method.num_generations=4", "train.max_steps=3",
-           "method.max_completion_length=48", "hardware.num_threads=1", "eval.max_samples=2", "eval.max_new_tokens=8"]
+           "hardware.num_threads=1", "eval.max_samples=2", "eval.max_new_tokens=8"]
 
 
 def _lines(run_dir):
@@ -134,7 +134,8 @@ def _lines(run_dir):
 
 def test_grpo_with_injection_length_reward_and_negative_only(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(*TINY_RL, f"data.path={shared('gsm8k')}", "data.max_samples=2", "method.samples=negative",
+    proc = run_cli(*TINY_RL, f"data.path={shared('gsm8k')}", "data.max_samples=2", "method.max_completion_length=48",
+                   "method.samples=negative",
                    "method.offline_injection.enabled=true", f"method.offline_injection.path={_stored(tmp_path)}",
                    "method.length_reward.enabled=true", "method.length_reward.tau=0.75",
                    "method.length_reward.l_base=4", "method.beta=0", "eval.repeats=2", "eval.temperature=0.6",
@@ -161,7 +162,7 @@ def test_grpo_with_injection_length_reward_and_negative_only(tmp_path):
 
 def test_grpo_plain_with_kl_to_the_reference(tmp_path):
     proc = run_cli(*TINY_RL, f"data.path={shared('gsm8k')}", "data.max_samples=8", "method.beta=0.001",
-                   "eval.enabled=false",
+                   "method.max_completion_length=16", "eval.enabled=false",
                    f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [x for x in _lines(tmp_path) if "train/loss" in x]
@@ -169,15 +170,22 @@ def test_grpo_plain_with_kl_to_the_reference(tmp_path):
     for x in steps:
         assert math.isfinite(x["train/loss"]) and x["train/kl"] >= 0 and "train/samples_injected" not in x
         assert x["train/samples_dropped"] == 0.0 and 0.0 <= x["train/zero_adv_fraction"] <= 1.0
-        assert "train/reward_mean" in x and x["train/response_length_mean"] <= 48
+        assert "train/reward_mean" in x and x["train/response_length_mean"] <= 16
 
 
-def test_grpo_config_and_data_errors_before_any_model(tmp_path):
-    proc = run_cli("method=grpo", f"hydra.run.dir={tmp_path / 'a'}")
+def test_grpo_config_and_data_errors_before_any_model(tmp_path, compose_cfg):
+    from recipes.rl.recipe import GRPORecipe
+
+    proc = run_cli("method=grpo", "method.num_generations=8", f"hydra.run.dir={tmp_path / 'a'}")
     assert proc.returncode == 1 and "not a multiple of method.num_generations=8" in proc.stderr + proc.stdout
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "gsm8k-train-0", "solutions": "The answer is 72."}\n')
-    proc = run_cli(*TINY_RL, f"data.path={shared('gsm8k')}", "data.max_samples=2", "method.offline_injection.enabled=true",
-                   f"method.offline_injection.path={bad}", "dry_run=true", f"hydra.run.dir={tmp_path / 'b'}")
-    out = proc.stderr + proc.stdout
-    assert proc.returncode == 1 and "row 1: 'solutions' must be a list of strings" in out
+    cfg = compose_cfg("method=grpo", "model=tiny-qwen2", "data=gsm8k", f"data.path={shared('gsm8k')}",
+                      "data.max_samples=2", "method.offline_injection.enabled=true",
+                      f"method.offline_injection.path={bad}")
+    plan = GRPORecipe(cfg).plan()  # what a dry-run prints: no weights loaded
+    assert any("row 1: 'solutions' must be a list of strings" in p for p in plan.problems)
+    bad.write_text('{"id": "gsm8k-train-99", "solutions": ["The answer is 1."]}\n')
+    plan = GRPORecipe(cfg).plan()
+    assert any("none of the 1 prompts" in p and "gsm8k-train-0" in p for p in plan.problems)
+    assert plan.total_params == 1_716_352 and plan.train_rows == 2 and plan.extra["prompts_per_step"] == 1

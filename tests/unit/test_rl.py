@@ -152,17 +152,19 @@ def _problems(compose_cfg, *overrides):
 def test_grpo_config_checks(compose_cfg):
     from runner.config import validate
 
-    validate(compose_cfg("method=grpo", "method.num_generations=4"))  # 4 completions per step: one group
-    text = _problems(compose_cfg)  # default micro_batch_size 4 with 8 generations
+    validate(compose_cfg("method=grpo"))  # 4 completions per step: one group of 4
+    validate(compose_cfg("method=grpo", "method.num_generations=8", "train.micro_batch_size=4",
+                         "train.grad_accum_steps=2"))
+    text = _problems(compose_cfg, "method.num_generations=8")  # micro_batch_size 4 with 8 generations
     assert "not a multiple of method.num_generations=8" in text and "train.micro_batch_size=8" in text
-    text = _problems(compose_cfg, "method.num_generations=4", "method.samples=neg", "method.rewards=[math_correct,x]",
+    text = _problems(compose_cfg, "method.samples=neg", "method.rewards=[math_correct,x]",
                      "method.offline_injection.enabled=true", "method.length_reward.enabled=true",
                      "method.length_reward.lower=2")
     assert "'method.samples' is 'neg'; valid values: all, positive, negative" in text
     assert "has ['x'], which the reward registry does not know" in text
     assert "'method.offline_injection.path' is not set" in text
     assert "'method.length_reward.lower'=2.0 is above" in text
-    assert "eval.repeats" in _problems(compose_cfg, "method.num_generations=4", "eval.repeats=4")
+    assert "eval.repeats" in _problems(compose_cfg, "eval.repeats=4")
 
 
 def test_repeated_evaluation_reports_mean_and_std(monkeypatch, tmp_path):
