@@ -108,6 +108,10 @@ class DataConfig:
     """Python format string of the prompt; fields: ``{question}``."""
     completion_template: str = " {solution}"
     """Python format string of the training target; fields: ``{solution}``, ``{answer}``."""
+    answer_match: str = "numeric"
+    """How a model's answer is compared with the gold one: ``numeric`` (the last number or ``\\boxed{}`` number,
+    for GSM8K/MGSM-style answers) or ``math_verify`` (``\\boxed{}`` LaTeX answers compared by the ``math-verify``
+    library, for competition math)."""
     train_size: Optional[int] = None
     """Rows per language of the training split of a generated dataset (``arith``)."""
     eval_size: Optional[int] = None
@@ -439,6 +443,7 @@ _CHOICES = {
     "model.build": ("hub", "tiny"),
     "model.auto_class": ("causal_lm", "base"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "data.answer_match": ("numeric", "math_verify"),
 }
 
 

@@ -232,6 +232,64 @@ def load_gsm8k(cfg: Any, split: str, languages: list[str]) -> list[Example]:
     return out
 
 
+def _math_answer(value: Any, where: str, name: str) -> str:
+    """A competition-math gold answer as a string: numbers normalised (``27.0`` -> ``27``), lists joined with
+    ``", "`` (OlympiadBench's ``final_answer``), and a text holding ``\\boxed{}`` (Minerva's ``solution``) reduced to
+    the content of its last ``\\boxed{}``."""
+    from runner.metrics import last_boxed
+
+    if isinstance(value, bool) or value is None:
+        raise DataError(f"{where} field '{name}' is {value!r}; it must hold the gold answer (a string, number or "
+                        "list of strings).")
+    if isinstance(value, (int, float)):
+        return normalize_number(str(value))
+    if isinstance(value, list):
+        if not value:
+            raise DataError(f"{where} field '{name}' is an empty list; it must hold the gold answer.")
+        return ", ".join(_math_answer(v, where, name) for v in value)
+    text = str(value).strip()
+    if "\\boxed" in text or "\\fbox" in text:
+        boxed = last_boxed(text)
+        if boxed is None:
+            raise DataError(f"{where} field '{name}' has an unclosed \\boxed{{...}}; it must hold the gold answer.")
+        return boxed
+    if not text:
+        raise DataError(f"{where} field '{name}' is empty; it must hold the gold answer.")
+    return text
+
+
+def load_math(cfg: Any, split: str, languages: list[str]) -> list[Example]:
+    """Competition-math benchmarks (MATH-500, AIME, AMC, Minerva math, OlympiadBench): ``{split}.jsonl`` under
+    ``data.path`` (or ``data.path`` itself when it is a file), or the hub dataset ``data.hub_id``.
+
+    Canonical fields and their default source fields (override with ``data.fields``): ``question`` <- ``problem``,
+    ``answer`` <- ``answer``, ``solution`` <- ``solution`` (optional; a list is joined by newlines). The gold answer
+    may be a string, a number or a list (see :func:`_math_answer`); answers are compared with ``math-verify``
+    (``data.answer_match=math_verify``).
+    """
+    if cfg.path is None:
+        rows, source = _hub_rows(cfg, split), f"hub dataset {cfg.hub_id}"
+    else:
+        root = Path(cfg.path)
+        path = root if root.is_file() else root / f"{split}.jsonl"
+        rows, source = read_jsonl(path), f"'{path}'"
+    qf = cfg.fields.get("question", "problem")
+    af = cfg.fields.get("answer", "answer")
+    sf = cfg.fields.get("solution", "solution")
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{source} row {i + 1}"
+        q = _field(row, qf, where)
+        if af not in row:
+            _field(row, af, where)  # raises, naming the fields present
+        ans = _math_answer(row[af], where, af)
+        sol = row.get(sf) or ""
+        if isinstance(sol, list):
+            sol = "\n".join(str(x) for x in sol)
+        out.append(Example(f"{cfg.name}-{split}-{i}", q, str(sol), ans, "en"))
+    return out
+
+
 def load_arith(cfg: Any, split: str, languages: list[str]) -> list[Example]:
     """The built-in synthetic multilingual arithmetic word problems (see :mod:`runner.arith`)."""
     from runner import arith
@@ -261,6 +319,7 @@ LOADERS: dict[str, Callable[[], Loader]] = {
     "mgsm": lambda: Loader(load_mgsm, MGSM_LANGS),
     "msvamp": lambda: Loader(load_msvamp, tuple(MSVAMP_LANGS)),
     "gsm8k": lambda: Loader(load_gsm8k, ("en",)),
+    "math": lambda: Loader(load_math, ("en",)),
 }
 """``data.format`` -> loader. Other families register their own formats here."""
 
@@ -273,7 +332,12 @@ def register_format(name: str, load: Callable[[Any, str, list[str]], list[Exampl
 
 def get_loader(cfg: Any) -> Loader:
     if cfg.format not in LOADERS:
-        raise DataError(f"'data.format' is '{cfg.format}'; valid formats: {', '.join(sorted(LOADERS))}.")
+        from runner.pairs import PAIR_FORMATS
+
+        hint = (" It holds preference pairs, which only pair methods read (e.g. method=gram)."
+                if cfg.format in PAIR_FORMATS else "")
+        raise DataError(f"'data.format' is '{cfg.format}'; valid formats of question/answer data: "
+                        f"{', '.join(sorted(LOADERS))}.{hint}")
     return LOADERS[cfg.format]()
 
 

@@ -135,3 +135,54 @@ def load_pairs_jsonl(path: str | Path) -> list[PreferencePair]:
         out.append(PreferencePair(str(row.get("id", i - 1)), row["prompt"], row["chosen"], row["rejected"],
                                   str(row.get("subset", ""))))
     return out
+
+
+PAIR_FORMATS = ("hh_rlhf", "pairs_jsonl")
+"""``data.format`` values whose rows are preference pairs (read by :func:`load_pair_split`, not ``runner.data``)."""
+
+
+def load_pair_split(cfg, split: str, max_pairs: int | None = None) -> list[PreferencePair]:
+    """Preference pairs of ``split`` as a data config describes them.
+
+    Args:
+        cfg: the ``data`` config node; ``format`` is ``hh_rlhf`` or ``pairs_jsonl``.
+        split: for ``hh_rlhf``: ``train`` / ``test`` (all subsets) or ``<subset>/<split>`` (one subset); for
+            ``pairs_jsonl``: the file ``<data.path>/<split>.jsonl`` (or ``data.path`` itself when it is a file).
+        max_pairs: keep at most this many pairs, taken round-robin over the subsets so each stays represented.
+
+    Raises:
+        DataError: an unknown format, subset or split, a missing or malformed file, or no pairs.
+    """
+    if cfg.format == "hh_rlhf":
+        subsets = None
+        name = split
+        if "/" in split:
+            subset, name = split.split("/", 1)
+            subsets = [subset]
+        if name not in ("train", "test"):
+            raise DataError(f"data={cfg.name}: split '{split}' is not valid; use train, test or <subset>/<split> with "
+                            f"a subset of {', '.join(HH_SUBSETS)}.")
+        pairs = load_hh_rlhf(cfg.path, subsets, name, hub_id=cfg.hub_id or "Anthropic/hh-rlhf")
+    elif cfg.format == "pairs_jsonl":
+        if cfg.path is None:
+            raise DataError(f"data={cfg.name} (format pairs_jsonl) needs data.path: a JSON Lines file, or a dir with "
+                            "<split>.jsonl, of rows with prompt, chosen and rejected.")
+        root = Path(cfg.path)
+        pairs = load_pairs_jsonl(root if root.is_file() else root / f"{split}.jsonl")
+    else:
+        raise DataError(f"'data.format' is '{cfg.format}', which holds no preference pairs; valid pair formats: "
+                        f"{', '.join(PAIR_FORMATS)}.")
+    if not pairs:
+        raise DataError(f"data={cfg.name} split '{split}' has no usable pairs.")
+    if max_pairs is not None and len(pairs) > max_pairs:
+        groups: dict[str, list[PreferencePair]] = {}
+        for p in pairs:
+            groups.setdefault(p.subset, []).append(p)
+        queues = list(groups.values())
+        picked: list[PreferencePair] = []
+        while len(picked) < max_pairs:
+            for q in queues:
+                if q and len(picked) < max_pairs:
+                    picked.append(q.pop(0))
+        pairs = picked
+    return pairs

@@ -27,6 +27,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "lora": ("sft", "recipes.sft.config:LoraMethodConfig"),
     "slam": ("sft", "recipes.sft.config:SlamMethodConfig"),
     "grpo": ("rl", "recipes.rl.config:GRPOMethodConfig"),
+    "oxa": ("sft", "recipes.sft.config:OxaMethodConfig"),
+    "gram": ("sft", "recipes.sft.config:GramMethodConfig"),
 }
 """Method name -> (recipe family, ``module:Class`` of its config schema)."""
 

@@ -120,12 +120,14 @@ class RunnerTrainer(Trainer):
 
 
 class MetricsCallback(TrainerCallback):
-    """Writes every Trainer log as ``train/<key>`` to ``metrics.jsonl`` (and the tracker); keeps the loss curve."""
+    """Writes every Trainer log as ``<prefix>/<key>`` (``train/loss``, ``train/lr``...) to ``metrics.jsonl`` (and the
+    tracker); keeps the loss curve. A recipe that trains several times in one run (stages) gives each a prefix."""
 
-    def __init__(self, metrics: MetricsLogger, extra: Any = None):
+    def __init__(self, metrics: MetricsLogger, extra: Any = None, prefix: str = "train"):
         self.metrics = metrics
         self.losses: list[tuple[int, float]] = []
         self.extra = extra
+        self.prefix = prefix
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -133,15 +135,15 @@ class MetricsCallback(TrainerCallback):
         row = {}
         for key, value in logs.items():
             if key in ("epoch",):
-                row["train/epoch"] = value
+                row[f"{self.prefix}/epoch"] = value
             elif key == "learning_rate":
-                row["train/lr"] = value
+                row[f"{self.prefix}/lr"] = value
             elif key.startswith(("train_", "total_flos")):
                 continue
             elif isinstance(value, (int, float)):
-                row[f"train/{key}"] = value
-        if "train/loss" in row:
-            self.losses.append((state.global_step, float(row["train/loss"])))
+                row[f"{self.prefix}/{key}"] = value
+        if f"{self.prefix}/loss" in row:
+            self.losses.append((state.global_step, float(row[f"{self.prefix}/loss"])))
         if row:
             self.metrics.log(row, step=state.global_step)
 

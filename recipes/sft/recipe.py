@@ -20,8 +20,28 @@ from runner.hardware import estimate_memory, resolve_precision
 log = logging.getLogger("runner.sft")
 
 
+METHOD_RECIPES: dict[str, str] = {
+    "oxa": "recipes.sft.oxa_recipe:OxaRecipe",
+    "gram": "recipes.sft.gram_recipe:GramRecipe",
+}
+"""SFT-family methods with their own pipeline: method name -> ``module:Class`` (a subclass of :class:`SFTRecipe`)."""
+
+
 class SFTRecipe(Recipe):
-    """Supervised fine-tuning on prompt-completion rows; methods ``sft`` (full), ``lora`` and ``slam``."""
+    """Supervised fine-tuning on prompt-completion rows; methods ``sft`` (full), ``lora`` and ``slam``.
+
+    ``SFTRecipe(cfg)`` returns the method's own subclass for the methods of :data:`METHOD_RECIPES` (OXA's staged
+    pipeline, GRAM's two stages on preference pairs), so the registry keeps one recipe per family.
+    """
+
+    def __new__(cls, cfg: Any, metrics: Any = None):
+        path = METHOD_RECIPES.get(str(cfg.method.name)) if cls is SFTRecipe else None
+        if path:
+            import importlib
+
+            module, _, name = path.partition(":")
+            cls = getattr(importlib.import_module(module), name)
+        return super().__new__(cls)
 
     def __init__(self, cfg: Any, metrics: Any = None):
         super().__init__(cfg, metrics)
@@ -83,7 +103,8 @@ class SFTRecipe(Recipe):
         return model
 
     # ---- plan ----------------------------------------------------------------------------------------------------
-    def plan(self) -> Plan:
+    def plan_parameters(self) -> Plan:
+        """A :class:`Plan` with the parameter counts of the model under the method (built on the meta device)."""
         from runner.models import build_on_meta, count_params
 
         cfg = self.cfg
@@ -97,6 +118,19 @@ class SFTRecipe(Recipe):
                 plan.total_params -= plan.trainable_params
         except RunnerError as ex:
             plan.problems.append(ex.paragraph())
+        return plan
+
+    def plan_memory(self, plan: Plan) -> Plan:
+        """Fill the model-state memory estimate of ``plan`` (training or inference as ``self.trains`` says)."""
+        precision = resolve_precision(self.cfg.hardware)
+        plan.memory = estimate_memory(plan.total_params + plan.extra.get("adapter_params", 0), plan.trainable_params,
+                                      precision, training=self.trains)
+        plan.memory_gb = plan.memory["total_gb"]
+        return plan
+
+    def plan(self) -> Plan:
+        cfg = self.cfg
+        plan = self.plan_parameters()
         if cfg.method.name == "slam":
             if isinstance(cfg.method.layers, str):
                 plan.notes.append(f"layers chosen at run time by the layer analysis ({cfg.method.auto_num_layers} "
@@ -126,11 +160,7 @@ class SFTRecipe(Recipe):
         except RunnerError as ex:
             plan.problems.append(ex.paragraph())
         plan.steps = steps_for(plan.train_rows, cfg) if self.trains else 0
-        precision = resolve_precision(cfg.hardware)
-        plan.memory = estimate_memory(plan.total_params + plan.extra.get("adapter_params", 0), plan.trainable_params,
-                                      precision, training=self.trains)
-        plan.memory_gb = plan.memory["total_gb"]
-        return plan
+        return self.plan_memory(plan)
 
     def _tokenizer_for_plan(self) -> Any:
         """The tokenizer when it is at hand without a download (tiny models, local dirs, the local HF cache)."""
@@ -151,10 +181,9 @@ class SFTRecipe(Recipe):
 
     # ---- run -----------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
-        from recipes.sft.data import CompletionCollator, encode_examples
+        from recipes.sft.data import encode_examples
         from runner import hardware
         from runner.models import count_params, load_model
-        from runner.trainer import MetricsCallback, RichProgressCallback, RunnerTrainer, training_arguments
 
         cfg = self.cfg
         precision = hardware.resolve_precision(cfg.hardware)
@@ -179,41 +208,74 @@ class SFTRecipe(Recipe):
                                   f"{enc.max_len}); raise train.max_seq_len.")
             metrics["train/rows"] = len(enc.rows)
             metrics["train/dropped_rows"] = enc.dropped
-            args = training_arguments(cfg, precision, self.run_dir / "checkpoints")
-            metrics_cb, progress_cb = MetricsCallback(self.metrics), RichProgressCallback()
-            trainer = RunnerTrainer(model=model, args=args, train_dataset=enc.rows,
-                                    data_collator=CompletionCollator(tokenizer.pad_token_id),
-                                    processing_class=tokenizer, callbacks=[metrics_cb, progress_cb])
-            trainer.keep_last_n = cfg.train.keep_last_n
-            eval_cb = self._periodic_eval_callback(tokenizer)
-            if eval_cb is not None:
-                trainer.add_callback(eval_cb)
-            resume_from = None
-            if cfg.resume:
-                from runner import checkpoint
-
-                resume_from = checkpoint.latest(self.run_dir / "checkpoints")
-                if resume_from is None:
-                    raise RunDirError(f"resume=true but '{self.run_dir / 'checkpoints'}' holds no complete checkpoint "
-                                      "(step-N); start a new run instead, or set train.save_steps so runs leave "
-                                      "checkpoints to resume from.")
-                checkpoint.clean_temporary(self.run_dir / "checkpoints")
-                log.info("resuming from %s", resume_from)
-            try:
-                result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-            finally:
-                progress_cb.on_train_end(None, None, None)
-            metrics["train/loss"] = float(result.training_loss)
-            metrics["train/steps"] = int(trainer.state.global_step)
-            if metrics_cb.losses:
-                metrics["train/loss_first"] = metrics_cb.losses[0][1]
-                metrics["train/loss_last"] = metrics_cb.losses[-1][1]
-            if cfg.train.save_final:
-                path = trainer.save_final()
-                metrics["train/final_checkpoint"] = str(path)
-            model = trainer.model
+            model, train_metrics = self.train_model(model, tokenizer, enc.rows)
+            metrics.update(train_metrics)
         metrics.update(self.evaluate(model, tokenizer))
         return metrics
+
+    def train_model(self, model: Any, tokenizer: Any, rows: list[dict[str, Any]], *, trainer_cls: Any = None,
+                    output_dir: Any = None, prefix: str = "train", periodic_eval: bool = True,
+                    resume: bool | None = None, **trainer_kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Train ``model`` on encoded ``rows`` with the HF ``Trainer`` (``trainer_cls``, a :class:`RunnerTrainer`
+        subclass); resume, periodic evaluation and the final checkpoint as ``train.*`` says.
+
+        Args:
+            rows: ``{"input_ids", "labels", ...}`` dicts (extra numeric fields reach the batch as tensors).
+            trainer_cls: the trainer class (default :class:`runner.trainer.RunnerTrainer`).
+            output_dir: where ``step-N`` checkpoints go (default ``<run dir>/checkpoints``).
+            prefix: key prefix of the logged and returned metrics (``train``, ``train/stage1``...).
+            periodic_eval: run the math evaluation every ``train.eval_steps`` steps.
+            resume: continue from the latest checkpoint in ``output_dir`` (None: as ``resume`` says).
+            trainer_kwargs: passed to the trainer's constructor.
+
+        The trainer is kept as ``self.last_trainer``.
+
+        Returns:
+            (the trained model, ``{prefix}/loss``, ``/steps``, ``/loss_first``, ``/loss_last``, ``/final_checkpoint``).
+
+        Raises:
+            RunDirError: ``resume=true`` without a checkpoint to resume from.
+        """
+        from recipes.sft.data import CompletionCollator
+        from runner import hardware
+        from runner.trainer import MetricsCallback, RichProgressCallback, RunnerTrainer, training_arguments
+
+        cfg = self.cfg
+        output_dir = output_dir or self.run_dir / "checkpoints"
+        precision = hardware.resolve_precision(cfg.hardware)
+        args = training_arguments(cfg, precision, output_dir)
+        metrics_cb, progress_cb = MetricsCallback(self.metrics, prefix=prefix), RichProgressCallback()
+        trainer = (trainer_cls or RunnerTrainer)(model=model, args=args, train_dataset=rows,
+                                                 data_collator=CompletionCollator(tokenizer.pad_token_id),
+                                                 processing_class=tokenizer, callbacks=[metrics_cb, progress_cb],
+                                                 **trainer_kwargs)
+        trainer.keep_last_n = cfg.train.keep_last_n
+        eval_cb = self._periodic_eval_callback(tokenizer) if periodic_eval else None
+        if eval_cb is not None:
+            trainer.add_callback(eval_cb)
+        resume_from = None
+        if cfg.resume if resume is None else resume:
+            from runner import checkpoint
+
+            resume_from = checkpoint.latest(output_dir)
+            if resume_from is None:
+                raise RunDirError(f"resume=true but '{output_dir}' holds no complete checkpoint (step-N); start a new "
+                                  "run instead, or set train.save_steps so runs leave checkpoints to resume from.")
+            checkpoint.clean_temporary(output_dir)
+            log.info("resuming from %s", resume_from)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            progress_cb.on_train_end(None, None, None)
+        metrics: dict[str, Any] = {f"{prefix}/loss": float(result.training_loss),
+                                   f"{prefix}/steps": int(trainer.state.global_step)}
+        if metrics_cb.losses:
+            metrics[f"{prefix}/loss_first"] = metrics_cb.losses[0][1]
+            metrics[f"{prefix}/loss_last"] = metrics_cb.losses[-1][1]
+        if cfg.train.save_final:
+            metrics[f"{prefix}/final_checkpoint"] = str(trainer.save_final())
+        self.last_trainer = trainer
+        return trainer.model, metrics
 
     def analyze_layers(self, model: Any, tokenizer: Any) -> list[int]:
         """SLAM's layer analysis on a multilingual sample; writes ``slam_layers.json``; returns the chosen layers."""
@@ -264,7 +326,8 @@ class SFTRecipe(Recipe):
             return {}
         name = "predictions.jsonl" if step is None else f"predictions-step-{step}.jsonl"
         return evaluate_math(model, tokenizer, examples, texts, ids, self.cfg.eval, self.run_dir,
-                             seed=int(self.cfg.seed), predictions_file=name, stop_strings=self.stop_strings())
+                             seed=int(self.cfg.seed), predictions_file=name, stop_strings=self.stop_strings(),
+                             answer_match=self.cfg.data.answer_match)
 
     def _periodic_eval_callback(self, tokenizer: Any) -> Any:
         if self.cfg.train.eval_steps <= 0 or not self.eval_examples():
