@@ -96,3 +96,22 @@ def test_evaluation_only_on_msvamp(tmp_path):
     assert set(k for k in m if k.startswith("eval/accuracy")) == {"eval/accuracy", "eval/accuracy/de",
                                                                    "eval/accuracy/zh"}
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sampling_evaluation_reports_both_pass_at_k_keys_on_math500(tmp_path):
+    proc = run_cli("model=tiny-qwen2", "hardware.num_threads=1", "data=math500", f"data.path={shared('math500')}",
+                   "train.max_steps=0", "eval.num_samples=4", "eval.pass_at_k=[1,4]", "eval.temperature=0.6",
+                   "eval.top_p=0.95", "eval.max_samples=3", "eval.max_new_tokens=8", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _metrics(tmp_path)
+    for key in ("eval/pass@1", "eval/pass@4", "eval/pass@1_any", "eval/pass@4_any", "eval/pass@4/en"):
+        assert 0.0 <= m[key] <= 1.0, key
+    preds = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 12 and sorted({p["sample"] for p in preds}) == [0, 1, 2, 3]
+    assert len({p["output"] for p in preds if p["id"] == preds[0]["id"]}) > 1  # sampled, not greedy
+    by_id = {}
+    for p in preds:
+        by_id.setdefault(p["id"], []).append(p["correct"])
+    assert m["eval/pass@4_any"] == pytest.approx(sum(any(v) for v in by_id.values()) / 3)
+    assert m["eval/pass@1"] == pytest.approx(m["eval/accuracy"])
+    assert preds[0]["gold"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
