@@ -19,6 +19,8 @@ per run:
    evaluation (Pass@k with ``eval.num_samples``).
 
 With ``ul_per_global_batch=0`` the suppress stage is skipped and training sees the promote set alone (OXA_MLE).
+``resume=true`` skips the stages whose artifact is already in the run dir and continues training from the latest
+checkpoint.
 """
 
 from __future__ import annotations
@@ -197,7 +199,8 @@ class OxaRecipe(SFTRecipe):
             plan.extra["promote_rows"] = n_ce
             plan.extra["suppress_rows"] = n_ul
             plan.notes.append(f"each global batch of {g} rows holds {u} suppress rows; an epoch is one pass over the "
-                              "promote rows (row counts not yet selected are upper bounds)")
+                              "promote rows (row counts not yet selected are upper bounds); OXA's sampler replaces "
+                              "train.batching")
         return self.plan_memory(plan)
 
     def _count(self, name: str) -> int:
@@ -220,6 +223,10 @@ class OxaRecipe(SFTRecipe):
             model = self.select_parameters(model)
         metrics: dict[str, Any] = {}
         for stage in self.stages:
+            done = PRODUCES.get(stage)
+            if cfg.resume and done and (self.run_dir / ARTIFACTS[done]).exists():
+                log.info("OXA stage %s: resuming, %s is already here", stage, ARTIFACTS[done])
+                continue
             log.info("OXA stage %s", stage)
             if stage == "score":
                 metrics.update(self.stage_score(model, tokenizer))
@@ -350,8 +357,11 @@ class OxaRecipe(SFTRecipe):
                             "(method.suppress.num_generations), or set method.ul_per_global_batch=0 (promote only).")
         metrics: dict[str, Any] = {"train/promote_rows": n_ce, "train/suppress_rows": n_ul,
                                    "train/dropped_rows": dropped, "train/rows": len(rows)}
+        from runner import checkpoint
+
+        resume = bool(cfg.resume and checkpoint.latest(self.run_dir / "checkpoints"))
         model, train_metrics = self.train_model(
-            model, tokenizer, rows, trainer_cls=OxaTrainer, loss_types=[r["loss_type"] for r in rows],
+            model, tokenizer, rows, trainer_cls=OxaTrainer, resume=resume, loss_types=[r["loss_type"] for r in rows],
             ul_weight=float(m.ul_weight), ul_per_batch=int(m.ul_per_global_batch),
             global_batch_size=global_batch_size(cfg), sampler_seed=int(cfg.seed))
         metrics.update(train_metrics)

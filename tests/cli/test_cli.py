@@ -47,6 +47,13 @@ def test_cfg_job_prints_the_composed_config():
     (["method=slam", "method.layers=[0,99]"], ["method.layers", "outside [0, 7]"]),
     (["train.micro_batch_size=2", "train.global_batch_size=3"], ["train.global_batch_size", "train.micro_batch_size"]),
     (["train.lr=="], ["Could not parse"]),
+    (["method=oxa", "method.ul_per_global_batch=4"], ["method.ul_per_global_batch", "lie in [0, 3]"]),
+    (["method=oxa", "method.stage=bogus", "method.promote.sigma=0"], ["valid stages: score, promote", "sigma > 0"]),
+    (["method=oxa", "method.promote.muu=3"], ["method.promote.muu"]),
+    (["method=gram", "method.stage=3", "method.label_smoothing=1"], ["valid stages: 1, 2, all", "[0, 1)"]),
+    (["method=gram", "method.init_from=/x"], ["method.init_from", "stage 2"]),
+    (["data=math500", "data.answer_match=exact"], ["data.answer_match", "numeric, math_verify"]),
+    (["eval.num_samples=4", "eval.pass_at_k=[1,8]", "eval.temperature=0.6"], ["eval.pass_at_k", "[8]"]),
 ])
 def test_config_errors_are_one_paragraph_exit_1(tmp_path, args, needles):
     proc = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}")
