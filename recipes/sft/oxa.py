@@ -148,7 +148,8 @@ def select_promote(candidates: Sequence[Candidate], total: int, *, mu: float, si
     Follows ``make_OXA_MLE_data.py: sample_with_query_cap``: bins are filled in increasing PPL order; inside a bin
     the longest responses come first (ties broken by a seeded random key); a prompt contributes at most ``per_query``
     responses over all bins, taken in rounds (first one per prompt within the bin, then a second...). A bin with too
-    few candidates stays short: the shortage is not moved to other bins (as in the code).
+    few candidates stays short: the shortage is not moved to other bins (as in the code). A response is never taken
+    twice (the code's later rounds can re-take one; with the released ``per_query=1`` there is a single round).
 
     Args:
         candidates: the scored, verified teacher responses.
@@ -356,6 +357,7 @@ class MixedLossTypeSampler(torch.utils.data.Sampler[int]):
         return -(-len(self.ce) // (self.global_batch_size - self.ul_per_batch))
 
     def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (the Trainer calls this at the start of each epoch)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
