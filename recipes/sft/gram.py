@@ -246,35 +246,44 @@ def _text(x: Any) -> str:
 
 class GramReward:
     """GRAM's readout as a reward function in TRL's GRPO convention: ``reward(prompts, completions, **kw) ->
-    list[float]``.
+    list[float]``, each in [0, 1].
 
-    The reward of a completion is its GRAM score against a reference response of the same prompt,
-    ``score(completion vs reference)`` in [0, 1] (0.5: as good as the reference). The GRAM README scores PPO samples
-    this way against a greedy-decoded reference (ReMax-style). The reference comes from the dataset column named
-    ``reference_key`` (TRL passes dataset columns to reward functions as keyword arguments).
+    Two modes:
 
-    Usage (``recipes.sft.gram.GramReward`` is importable without a run)::
+    * **reference** (``reference_key`` set): a completion's reward is its GRAM score against the reference response
+      of its prompt, taken from the keyword argument ``reference_key`` (TRL passes dataset columns as keyword
+      arguments); 0.5 means as good as the reference. The GRAM README scores PPO samples this way against a
+      greedy-decoded reference (ReMax-style).
+    * **group** (``reference_key=None``): a completion's reward is its mean GRAM score against the other completions
+      of the same prompt in the call (GRPO's group of ``num_generations``), every pair read in both orders; a
+      prompt with one completion gets ``default``. The rewards of a group of m sum to m / 2. [INF: a reference-free
+      proposal in the spirit of the README's pairwise knockout for best-of-n; pluggable.]
 
-        reward = GramReward("<gram run dir>/checkpoints/stage2/step-N")
+    Usage (importable without a run)::
+
+        reward = GramReward("<gram run dir>/checkpoints/stage2/step-N", reference_key="reference")
         reward(prompts=["What is 2+2?"], completions=["4"], reference=["5"])  # -> [0.73...]
 
+    By name in a reward registry: :func:`gram_reward` (the model path from ``$RUNNER_GRAM_MODEL``).
+
     Args:
-        model: a GRAM checkpoint dir (loaded with ``from_pretrained``) or a loaded causal LM.
+        model: a GRAM checkpoint dir (loaded with ``from_pretrained``, on the CPU) or a loaded causal LM (used on
+            its own device).
         tokenizer: its tokenizer (loaded from ``model`` when it is a path and this is None).
-        reference_key: the keyword argument holding the reference responses.
+        reference_key: the keyword argument holding the reference responses; None for group mode.
         use_chat_template: wrap the judge prompt in the chat template (as the model was trained).
         template: the judge prompt.
         batch_size: prompts per forward pass.
-        max_len: comparisons longer than this many tokens get ``default`` instead of a score.
+        max_len: comparisons longer than this many tokens are not scored (they count as ``default``).
         default: the reward of a comparison that was not scored.
 
     Raises (on call):
-        ValueError: ``reference_key`` is missing from the keyword arguments, or the lengths differ.
+        ValueError: reference mode without ``reference_key`` among the keyword arguments, or unequal lengths.
     """
 
     __name__ = "gram"
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, reference_key: str = "reference",
+    def __init__(self, model: Any, tokenizer: Any = None, *, reference_key: str | None = None,
                  use_chat_template: bool = False, template: str = GRAM_JUDGE_TEMPLATE, batch_size: int = 8,
                  max_len: int | None = None, default: float = 0.5):
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -296,17 +305,66 @@ class GramReward:
         self.default = default
         label_token_ids(tokenizer)
 
+    def _scores(self, prompts: list[str], a: list[str], b: list[str]) -> list[tuple[float, float] | None]:
+        return gram_scores(self.model, self.tokenizer, prompts, a, b, use_chat_template=self.use_chat_template,
+                           template=self.template, batch_size=self.batch_size, max_len=self.max_len)
+
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-        if self.reference_key not in kwargs:
-            raise ValueError(f"GramReward scores a completion against a reference response: pass the references as "
-                             f"'{self.reference_key}=' (a dataset column of that name), one per completion; got "
-                             f"keyword arguments {sorted(kwargs)}.")
-        refs = list(kwargs[self.reference_key])
-        if not len(prompts) == len(completions) == len(refs):
-            raise ValueError(f"GramReward got {len(prompts)} prompts, {len(completions)} completions and {len(refs)} "
-                             "references; they must be equal in number.")
-        scores = gram_scores(self.model, self.tokenizer, [_text(p) for p in prompts],
-                             [_text(c) for c in completions], [_text(r) for r in refs],
-                             use_chat_template=self.use_chat_template, template=self.template,
-                             batch_size=self.batch_size, max_len=self.max_len)
-        return [s[0] if s is not None else self.default for s in scores]
+        if len(prompts) != len(completions):
+            raise ValueError(f"GramReward got {len(prompts)} prompts and {len(completions)} completions; they must be "
+                             "equal in number.")
+        texts_p, texts_c = [_text(p) for p in prompts], [_text(c) for c in completions]
+        if self.reference_key is not None:
+            if self.reference_key not in kwargs:
+                raise ValueError(f"GramReward scores a completion against a reference response: pass the references "
+                                 f"as '{self.reference_key}=' (a dataset column of that name), one per completion; "
+                                 f"got keyword arguments {sorted(kwargs)}.")
+            refs = [_text(r) for r in kwargs[self.reference_key]]
+            if len(refs) != len(texts_c):
+                raise ValueError(f"GramReward got {len(texts_c)} completions and {len(refs)} references; they must be "
+                                 "equal in number.")
+            return [s[0] if s is not None else self.default for s in self._scores(texts_p, texts_c, refs)]
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(texts_p):
+            groups.setdefault(p, []).append(i)
+        pairs = [(i, j) for idx in groups.values() for n, i in enumerate(idx) for j in idx[n + 1:]]
+        totals, counts = [0.0] * len(texts_c), [0] * len(texts_c)
+        if pairs:
+            scores = self._scores([texts_p[i] for i, _ in pairs], [texts_c[i] for i, _ in pairs],
+                                  [texts_c[j] for _, j in pairs])
+            for (i, j), s in zip(pairs, scores):
+                si, sj = s if s is not None else (self.default, self.default)
+                totals[i] += si
+                totals[j] += sj
+                counts[i] += 1
+                counts[j] += 1
+        return [t / c if c else self.default for t, c in zip(totals, counts)]
+
+
+_LOADED: dict[tuple[str, bool], GramReward] = {}
+
+
+def gram_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """:class:`GramReward` as a plain function for a reward registry by name (e.g. the RL recipe's
+    ``REWARDS["gram"] = "recipes.sft.gram:gram_reward"``).
+
+    The GRAM checkpoint dir comes from the environment variable ``RUNNER_GRAM_MODEL`` (loaded once, on the CPU;
+    ``RUNNER_GRAM_CHAT_TEMPLATE=1`` if the model was trained with the chat template). With a dataset column
+    ``reference`` the reward is the score against it (reference mode), otherwise the mean score against the other
+    completions of the same prompt (group mode); see :class:`GramReward`.
+
+    Raises:
+        ValueError: ``RUNNER_GRAM_MODEL`` is not set.
+    """
+    import os
+
+    path = os.environ.get("RUNNER_GRAM_MODEL")
+    if not path:
+        raise ValueError("the 'gram' reward needs a trained GRAM model: set RUNNER_GRAM_MODEL to its checkpoint dir "
+                         "(e.g. <gram run dir>/checkpoints/stage2/step-N).")
+    chat = os.environ.get("RUNNER_GRAM_CHAT_TEMPLATE", "0") == "1"
+    if (path, chat) not in _LOADED:
+        _LOADED[(path, chat)] = GramReward(path, use_chat_template=chat)
+    reward = _LOADED[(path, chat)]
+    reward.reference_key = "reference" if "reference" in kwargs else None
+    return reward(prompts, completions, **kwargs)

@@ -185,7 +185,7 @@ def test_pairwise_accuracy_counts_ties_half():
 
 def test_reward_function_scores_completions_against_references(tok, tmp_path):
     model = tiny_model("qwen2", seed=3)
-    reward = GramReward(model, tok, template=SHORT)
+    reward = GramReward(model, tok, reference_key="reference", template=SHORT)
     assert reward.__name__ == "gram"
     out = reward(prompts=["Q1", "Q2"], completions=["good answer", "bad"], reference=["ref one", "ref two"],
                  completion_ids=[[1], [2]], trainer_state=None)
@@ -197,13 +197,44 @@ def test_reward_function_scores_completions_against_references(tok, tmp_path):
     with pytest.raises(ValueError, match="reference="):
         reward(prompts=["Q"], completions=["c"])
     with pytest.raises(ValueError, match="equal in number"):
-        reward(prompts=["Q"], completions=["c", "d"], reference=["r"])
-    # loaded from a saved checkpoint dir, as the RL recipe would
+        reward(prompts=["Q"], completions=["c"], reference=["r", "s"])
+    # loaded from a saved checkpoint dir, as an RL run would
     model.save_pretrained(tmp_path / "ckpt")
     tok.save_pretrained(tmp_path / "ckpt")
-    loaded = GramReward(Path(tmp_path / "ckpt"), template=SHORT)
+    loaded = GramReward(Path(tmp_path / "ckpt"), reference_key="reference", template=SHORT)
     assert loaded(prompts=["Q1"], completions=["good answer"], reference=["ref one"]) == pytest.approx(out[:1],
                                                                                                       abs=1e-5)
+
+
+def test_group_mode_rewards_sum_to_half_the_group(tok):
+    model = tiny_model("qwen2", seed=4)
+    reward = GramReward(model, tok, template=SHORT)  # no reference: each completion against its group
+    prompts = ["P"] * 3 + ["Q"] * 2 + ["R"]
+    completions = ["one", "two words", "three words here", "x", "y y", "alone"]
+    out = reward(prompts=prompts, completions=completions)
+    assert sum(out[:3]) == pytest.approx(3 / 2, abs=1e-5) and sum(out[3:5]) == pytest.approx(1.0, abs=1e-5)
+    assert out[5] == 0.5  # a prompt with one completion gets the default
+    pair = gram_scores(model, tok, ["Q"], ["x"], ["y y"], template=SHORT)[0]
+    assert out[3:5] == pytest.approx(list(pair), abs=1e-5)
+    first = gram_scores(model, tok, ["P", "P"], ["one", "one"], ["two words", "three words here"], template=SHORT)
+    assert out[0] == pytest.approx((first[0][0] + first[1][0]) / 2, abs=1e-5)
+
+
+def test_registry_function_reads_the_model_from_the_environment(tok, tmp_path, monkeypatch):
+    from recipes.sft import gram
+
+    monkeypatch.delenv("RUNNER_GRAM_MODEL", raising=False)
+    with pytest.raises(ValueError, match="RUNNER_GRAM_MODEL"):
+        gram.gram_reward(prompts=["Q"], completions=["c"])
+    model = tiny_model("qwen2", seed=5)
+    model.save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.setenv("RUNNER_GRAM_MODEL", str(tmp_path / "ckpt"))
+    direct = GramReward(model, tok, reference_key="reference")  # the full judge prompt, as gram_reward uses
+    got = gram.gram_reward(prompts=["Q"], completions=["c"], reference=["r"], answer=["1"])
+    assert got == pytest.approx(direct(prompts=["Q"], completions=["c"], reference=["r"]), abs=1e-5)
+    grouped = gram.gram_reward(prompts=["Q", "Q"], completions=["c", "d"], answer=["1", "1"])
+    assert sum(grouped) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.slow
