@@ -24,7 +24,7 @@ demo: install
 	$(BIN)/run method=slam experiment=demo
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not slow and not distributed" $(PYTEST_ARGS)

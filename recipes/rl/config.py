@@ -12,7 +12,7 @@ rollouts is a global batch of 512 completions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
@@ -94,6 +94,9 @@ class GRPOMethodConfig(MethodConfig):
     """Reward functions by name (see ``recipes/rl/rewards.py: REWARDS``); their weighted sum is the reward."""
     reward_weights: Optional[list[float]] = None
     """One weight per reward (null: all 1)."""
+    reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword options per reward name, passed to that reward function, e.g.
+    ``method.reward_options.gram.model_path=<GRAM stage-2 checkpoint dir>`` (the ``gram`` reward requires it)."""
     samples: str = "all"
     """Which rollouts train after advantages are computed on the full group: ``all``, ``positive`` (correct ones only)
     or ``negative`` (incorrect ones only). Dropped rollouts leave the token-mean denominator."""
@@ -174,6 +177,13 @@ def _check_rewards(m: DictConfig) -> list[str]:
     if bad:
         problems.append(f"'method.rewards' has {bad}, which the reward registry does not know; valid rewards: "
                         f"{', '.join(valid)}.")
+    unknown = [r for r in m.reward_options if r not in m.rewards]
+    if unknown:
+        problems.append(f"'method.reward_options' has options for {unknown}, which method.rewards={list(m.rewards)} "
+                        "does not use.")
+    if "gram" in m.rewards and not (m.reward_options.get("gram") or {}).get("model_path"):
+        problems.append("'method.rewards' uses 'gram' but 'method.reward_options.gram.model_path' is not set; point "
+                        "it at a trained GRAM checkpoint (a method=gram run's checkpoints/stage2/step-N).")
     if m.reward_weights is not None and len(m.reward_weights) != len(m.rewards):
         problems.append(f"'method.reward_weights' has {len(m.reward_weights)} weight(s) for {len(m.rewards)} "
                         f"reward(s) {list(m.rewards)}; give one weight per reward or null.")

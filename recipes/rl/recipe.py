@@ -136,7 +136,7 @@ class GRPORecipe(SFTRecipe):
         if not rows.rows:
             raise ConfigError(f"no prompt fits train.max_seq_len - method.max_completion_length = "
                               f"{self.max_prompt_tokens} tokens (longest {rows.max_len}); raise train.max_seq_len.")
-        rewards = [get_reward(name) for name in m.rewards]
+        rewards = [get_reward(name, dict(m.reward_options.get(name) or {})) for name in m.rewards]
         args = training_arguments(
             cfg, precision, self.run_dir / "checkpoints", args_class=GRPOConfig,
             num_generations=m.num_generations, max_completion_length=m.max_completion_length,

@@ -13,6 +13,7 @@ for it. Add one with :func:`register_reward`, or one line in :data:`REWARDS`. Th
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Callable, Sequence
@@ -84,9 +85,11 @@ def answer_format(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: 
 REWARDS: dict[str, RewardFunc | str] = {
     "math_correct": math_correct,
     "answer_format": answer_format,
+    "gram": "recipes.sft.gram:gram_reward",
 }
-"""Reward name -> reward function, or a lazy ``"module:attr"`` string resolved on first use. GRAM's readout (issue 5)
-is added here as e.g. ``"gram": "recipes.sft.gram:<readout callable>"`` once that module exists."""
+"""Reward name -> reward function, or a lazy ``"module:attr"`` string resolved on first use. ``gram`` is GRAM's
+generative reward-model readout (``recipes/sft/gram.py``; options ``model_path``, ``use_chat_template`` through
+``method.reward_options.gram``)."""
 
 
 def register_reward(name: str, func: RewardFunc | str) -> None:
@@ -105,8 +108,9 @@ def reward_names() -> list[str]:
     return sorted(REWARDS)
 
 
-def get_reward(name: str) -> RewardFunc:
-    """The reward function registered as ``name`` (a lazy import string is imported now).
+def get_reward(name: str, options: dict[str, Any] | None = None) -> RewardFunc:
+    """The reward function registered as ``name`` (a lazy import string is imported now), with ``options`` bound as
+    keyword arguments (``method.reward_options.<name>``).
 
     The returned callable carries ``__name__ == name`` (TRL names its logged metrics ``rewards/<name>/mean``).
 
@@ -127,6 +131,8 @@ def get_reward(name: str) -> RewardFunc:
                 from None
         if not callable(func):
             raise ConfigError(f"reward '{name}' ('{REWARDS[name]}') is not callable.")
+    if options:
+        func = functools.partial(func, **options)
     if getattr(func, "__name__", None) != name:
         inner = func
 

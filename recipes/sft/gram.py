@@ -264,7 +264,7 @@ class GramReward:
         reward = GramReward("<gram run dir>/checkpoints/stage2/step-N", reference_key="reference")
         reward(prompts=["What is 2+2?"], completions=["4"], reference=["5"])  # -> [0.73...]
 
-    By name in a reward registry: :func:`gram_reward` (the model path from ``$RUNNER_GRAM_MODEL``).
+    By name in the RL recipe's reward registry: :func:`gram_reward` (``method.reward_options.gram.model_path``).
 
     Args:
         model: a GRAM checkpoint dir (loaded with ``from_pretrained``, on the CPU) or a loaded causal LM (used on
@@ -344,27 +344,28 @@ class GramReward:
 _LOADED: dict[tuple[str, bool], GramReward] = {}
 
 
-def gram_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
-    """:class:`GramReward` as a plain function for a reward registry by name (e.g. the RL recipe's
-    ``REWARDS["gram"] = "recipes.sft.gram:gram_reward"``).
+def gram_reward(prompts: Sequence[Any], completions: Sequence[Any], *, model_path: str | None = None,
+                use_chat_template: bool = False, **kwargs: Any) -> list[float]:
+    """:class:`GramReward` as a plain function for the RL recipe's reward registry (``method.rewards=[gram]`` with
+    ``method.reward_options.gram.model_path=<dir>``; see ``recipes/rl/rewards.py``).
 
-    The GRAM checkpoint dir comes from the environment variable ``RUNNER_GRAM_MODEL`` (loaded once, on the CPU;
-    ``RUNNER_GRAM_CHAT_TEMPLATE=1`` if the model was trained with the chat template). With a dataset column
-    ``reference`` the reward is the score against it (reference mode), otherwise the mean score against the other
-    completions of the same prompt (group mode); see :class:`GramReward`.
+    Args:
+        prompts, completions: as TRL passes them to a reward function.
+        model_path: the GRAM checkpoint dir (a ``method=gram`` run's ``checkpoints/stage2/step-N``); loaded once and
+            kept for later calls.
+        use_chat_template: whether the GRAM model was trained with its chat template.
+        **kwargs: dataset columns. With a ``reference`` column the reward is the score against it (reference mode),
+            otherwise the mean score against the other completions of the same prompt (group mode).
 
     Raises:
-        ValueError: ``RUNNER_GRAM_MODEL`` is not set.
+        ValueError: ``model_path`` is not given.
     """
-    import os
-
-    path = os.environ.get("RUNNER_GRAM_MODEL")
-    if not path:
-        raise ValueError("the 'gram' reward needs a trained GRAM model: set RUNNER_GRAM_MODEL to its checkpoint dir "
-                         "(e.g. <gram run dir>/checkpoints/stage2/step-N).")
-    chat = os.environ.get("RUNNER_GRAM_CHAT_TEMPLATE", "0") == "1"
-    if (path, chat) not in _LOADED:
-        _LOADED[(path, chat)] = GramReward(path, use_chat_template=chat)
-    reward = _LOADED[(path, chat)]
+    if not model_path:
+        raise ValueError("the 'gram' reward needs a trained GRAM model: set method.reward_options.gram.model_path to "
+                         "its checkpoint dir (e.g. <gram run dir>/checkpoints/stage2/step-N).")
+    key = (str(model_path), bool(use_chat_template))
+    if key not in _LOADED:
+        _LOADED[key] = GramReward(str(model_path), use_chat_template=bool(use_chat_template))
+    reward = _LOADED[key]
     reward.reference_key = "reference" if "reference" in kwargs else None
     return reward(prompts, completions, **kwargs)

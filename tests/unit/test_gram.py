@@ -220,21 +220,33 @@ def test_group_mode_rewards_sum_to_half_the_group(tok):
     assert out[0] == pytest.approx((first[0][0] + first[1][0]) / 2, abs=1e-5)
 
 
-def test_registry_function_reads_the_model_from_the_environment(tok, tmp_path, monkeypatch):
+def test_registry_function_takes_the_model_from_reward_options(tok, tmp_path):
+    from recipes.rl.rewards import get_reward
     from recipes.sft import gram
 
-    monkeypatch.delenv("RUNNER_GRAM_MODEL", raising=False)
-    with pytest.raises(ValueError, match="RUNNER_GRAM_MODEL"):
+    with pytest.raises(ValueError, match="method.reward_options.gram.model_path"):
         gram.gram_reward(prompts=["Q"], completions=["c"])
     model = tiny_model("qwen2", seed=5)
     model.save_pretrained(tmp_path / "ckpt")
     tok.save_pretrained(tmp_path / "ckpt")
-    monkeypatch.setenv("RUNNER_GRAM_MODEL", str(tmp_path / "ckpt"))
+    reward = get_reward("gram", {"model_path": str(tmp_path / "ckpt")})  # as the RL recipe builds it
+    assert reward.__name__ == "gram"
     direct = GramReward(model, tok, reference_key="reference")  # the full judge prompt, as gram_reward uses
-    got = gram.gram_reward(prompts=["Q"], completions=["c"], reference=["r"], answer=["1"])
+    got = reward(prompts=["Q"], completions=["c"], reference=["r"], answer=["1"])
     assert got == pytest.approx(direct(prompts=["Q"], completions=["c"], reference=["r"]), abs=1e-5)
-    grouped = gram.gram_reward(prompts=["Q", "Q"], completions=["c", "d"], answer=["1", "1"])
+    grouped = reward(prompts=["Q", "Q"], completions=["c", "d"], answer=["1", "1"])
     assert sum(grouped) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_rl_config_requires_the_gram_model_path(compose_cfg):
+    from runner.config import validate
+    from runner.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        validate(compose_cfg("method=grpo", "method.rewards=[math_correct,gram]"))
+    assert "method.reward_options.gram.model_path" in info.value.paragraph()
+    validate(compose_cfg("method=grpo", "method.rewards=[math_correct,gram]",
+                         "+method.reward_options.gram.model_path=/some/dir"))
 
 
 @pytest.mark.slow

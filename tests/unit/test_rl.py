@@ -105,7 +105,7 @@ def test_answer_format_and_registry():
     assert answer_format([""] * 4, [r"\boxed{3}", "The answer is 4.", "the final answer is: $5", "it is 4"]) == [
         1.0, 1.0, 1.0, 0.0]
     assert get_reward("math_correct") is math_correct
-    with pytest.raises(ConfigError, match="valid rewards: answer_format, math_correct"):
+    with pytest.raises(ConfigError, match="valid rewards: answer_format, gram, math_correct"):
         get_reward("nope")
     try:  # a lazy import string resolves on first use, under the registered name (TRL logs rewards/<name>/mean)
         register_reward("fmt_lazy", "recipes.rl.rewards:answer_format")
