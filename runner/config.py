@@ -25,6 +25,28 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "method", "data", "hardware", "logger", "experiment")
 
 
+def package_dir(package: str, sub: str = "") -> Optional[str]:
+    """The directory of the installed Python package ``package`` joined with ``sub``, or None when either is absent.
+
+    Found with ``importlib.util.find_spec`` (the package is not imported). Registered as the OmegaConf resolver
+    ``${pkg_dir:<package>,<sub>}``, so a model config can point ``model.path`` at weights shipped inside a pip package
+    (``conf/model/minilm-l6.yaml``) and fall back to ``model.hub_id`` where the package is not installed.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / sub
+    return str(path) if path.exists() else None
+
+
+OmegaConf.register_new_resolver("pkg_dir", package_dir, replace=True)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Schemas
 # --------------------------------------------------------------------------------------------------------------------
@@ -99,6 +121,9 @@ class DataConfig:
     """Split used for evaluation; null for none."""
     languages: Optional[list[str]] = None
     """Languages to keep (ISO 639-1 codes, e.g. ``[de, zh]``); null keeps every language of the dataset."""
+    subsets: Optional[list[str]] = None
+    """Named parts of the dataset to load (MRMBench dimensions such as ``[harmlessness, verbosity]``, HH-RLHF subsets
+    such as ``[helpful-base, harmless-base]``); null loads every part the data config lists as its default."""
     max_samples: Optional[int] = None
     """Cap on training rows (after language selection; taken round-robin over languages); null for all."""
     fields: dict[str, str] = field(default_factory=dict)

@@ -27,6 +27,8 @@ class PreferencePair:
     chosen: str
     rejected: str
     subset: str = ""
+    margin: float | None = None
+    """How strongly ``chosen`` is preferred (a score difference), where the source gives one; None otherwise."""
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -123,7 +125,8 @@ def load_hh_rlhf(path: str | Path | None, subsets: list[str] | None = None, spli
 
 
 def load_pairs_jsonl(path: str | Path) -> list[PreferencePair]:
-    """Pairs from a JSON Lines file with string fields ``prompt``, ``chosen``, ``rejected`` (optional ``id``)."""
+    """Pairs from a JSON Lines file with string fields ``prompt``, ``chosen``, ``rejected`` (optional ``id``,
+    ``subset`` and a numeric ``margin``, e.g. a score difference from UltraFeedback or HelpSteer2)."""
     from runner.data import read_jsonl
 
     out = []
@@ -132,8 +135,11 @@ def load_pairs_jsonl(path: str | Path) -> list[PreferencePair]:
             if not isinstance(row.get(key), str):
                 raise DataError(f"'{path}' row {i} needs a string field '{key}' (fields present: "
                                 f"{', '.join(sorted(row))}).")
+        margin = row.get("margin")
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+            raise DataError(f"'{path}' row {i} field 'margin' is {margin!r}; it must be a number (or absent).")
         out.append(PreferencePair(str(row.get("id", i - 1)), row["prompt"], row["chosen"], row["rejected"],
-                                  str(row.get("subset", ""))))
+                                  str(row.get("subset", "")), None if margin is None else float(margin)))
     return out
 
 

@@ -19,6 +19,7 @@ from runner.errors import ConfigError
 RECIPES: dict[str, str] = {
     "sft": "recipes.sft.recipe:SFTRecipe",
     "rl": "recipes.rl.recipe:GRPORecipe",
+    "probing": "recipes.probing.recipe:ProbingRecipe",
 }
 """Recipe family name -> ``module:Class`` implementing :class:`recipes.base.Recipe`."""
 
@@ -29,6 +30,8 @@ METHODS: dict[str, tuple[str, str]] = {
     "grpo": ("rl", "recipes.rl.config:GRPOMethodConfig"),
     "oxa": ("sft", "recipes.sft.config:OxaMethodConfig"),
     "gram": ("sft", "recipes.sft.config:GramMethodConfig"),
+    "mrmbench": ("probing", "recipes.probing.config:MRMBenchMethodConfig"),
+    "lrhp": ("probing", "recipes.probing.config:LRHPMethodConfig"),
 }
 """Method name -> (recipe family, ``module:Class`` of its config schema)."""
 

@@ -1,0 +1,1 @@
+"""The probing family: MRMBench probes with inference-time probing, and LRHP preference representations."""
