@@ -27,6 +27,7 @@ mean over real tokens (how sentence encoders such as all-MiniLM-L6-v2 were train
 PROBE_FORMATS = ("mrmbench", "hh_probe")
 PAIR_FORMATS = ("hh_rlhf", "pairs_jsonl")
 LRHP_ENCODERS = ("concat", "difference")
+LRHP_PROJECTIONS = ("mlp", "none")
 LRHP_STAGES = ("pds", "pmp")
 PDS_SELECTIONS = ("centroid",)
 MARGIN_SOURCES = ("data", "reward_model")
@@ -116,8 +117,11 @@ class LRHPMethodConfig(MethodConfig):
     """How the backbone's states become h; see :data:`POOLINGS`."""
     append_eos: bool = True
     """Append the tokenizer's EOS (as in MRMBench) where the tokenizer has one."""
+    projection: str = "mlp"
+    """g: ``mlp`` (Linear-GELU-Linear to ``rep_dim``: a representation learnt on the preference task) or ``none``
+    (the identity: z is the frozen backbone's pooled state, only the preference head trains)."""
     rep_dim: int = 128
-    """Width of the pair representation z (the output of g)."""
+    """Width of the pair representation z (the output of g) with ``projection=mlp``."""
     stages: list[str] = field(default_factory=lambda: ["pds", "pmp"])
     """Downstream tasks to run after training the encoder: ``pds`` and/or ``pmp``."""
     target_subset: str = "harmless-base"
@@ -144,7 +148,7 @@ class LRHPMethodConfig(MethodConfig):
         m, d = cfg.method, cfg.data
         problems = _common_checks(cfg, PAIR_FORMATS, "data=hh-rlhf (data.path=<dir of HH-RLHF files>) or "
                                                       "data=pairs-jsonl (data.path=<file.jsonl>)")
-        for key, valid in (("encoder", LRHP_ENCODERS), ("selection", PDS_SELECTIONS),
+        for key, valid in (("encoder", LRHP_ENCODERS), ("projection", LRHP_PROJECTIONS), ("selection", PDS_SELECTIONS),
                            ("margin_source", MARGIN_SOURCES)):
             if m[key] not in valid:
                 problems.append(f"'method.{key}' is '{m[key]}'; valid values: {', '.join(valid)}.")

@@ -100,8 +100,11 @@ def _mrmbench_root(cfg: Any, level: str, dims: list[str]) -> Path:
         for cand in (root / f"mrm_{level}", root / "data" / f"mrm_{level}", root):
             if all((cand / d).is_dir() for d in dims):
                 return cand
-        raise DataError(f"'data.path' '{root}' has no mrm_{level}/<dimension>/ directories for {dims}; MRMBench's "
-                        f"layout is data/mrm_{{easy,hard}}/<dimension>/{{train,test}}.json.")
+        have = sorted(p.name for p in (root / f"mrm_{level}").iterdir() if p.is_dir()) if (
+            root / f"mrm_{level}").is_dir() else []
+        raise DataError(f"'data.path' '{root}' has no mrm_{level}/<dimension>/ directories for {dims} (found "
+                        f"{have or 'none'}); MRMBench's layout is data/mrm_{{easy,hard}}/<dimension>/{{train,test}}"
+                        ".json. To probe fewer dimensions, list them in data.subsets.")
     if not cfg.hub_id:
         raise DataError(f"data '{cfg.name}' has neither data.path nor data.hub_id; set data.path to MRMBench's data "
                         "directory.")

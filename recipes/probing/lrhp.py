@@ -6,12 +6,13 @@ dispreferred) into a representation richer than a scalar reward) and the two app
 (PDS) and preference margin prediction (PMP). **Everything below is a proposal** (METHODS.md Part B section 2, [INF]),
 kept pluggable:
 
-* Encoder (:class:`PairEncoder`): h is a frozen backbone's pooled state (MRMBench's convention), g a trained MLP.
+* Encoder (:class:`PairEncoder`): h is a frozen backbone's pooled state (MRMBench's convention), g a trained MLP
+  (or the identity: ``method.projection=none``).
   ``concat``: z = g(h(x + "Response A:" y_a + "Response B:" y_b)), p(A preferred) = sigmoid(w z + b).
   ``difference``: z = g(h(x + y_a)) - g(h(x + y_b)), p = sigmoid(w z) (no bias): p(A>B) + p(B>A) = 1 exactly.
   Trained with BCE on both orders of every pair ((y_w, y_l) label 1, (y_l, y_w) label 0) against position bias.
 * PDS (:func:`select_by_centroid`): rank pool pairs by the cosine similarity of their z to the mean z of a small seed
-  set carrying the target preference; keep the top N. A Bradley-Terry reward model trained on them is compared with
+  set carrying the target preference (both relative to the pool's mean z); keep the top N. A Bradley-Terry reward model trained on them is compared with
   one trained on N random pool pairs.
 * PMP (:class:`MarginHead`): regress gold margins from z with a small MLP (Spearman correlation reported); the
   predicted margin m can enter a margin loss, -log sigmoid(r(x, y_w) - r(x, y_l) - m) (LLaMA-2's margin loss,
@@ -40,19 +41,27 @@ def pair_text(prompt: str, a: str, b: str, template: str) -> str:
 
 
 class PairEncoder(nn.Module):
-    """Pair features -> representation z ``(n, rep_dim)`` -> preference logit ``(n,)`` (p(A preferred) = sigmoid).
+    """Pair features -> representation z -> preference logit ``(n,)`` (p(A preferred) = sigmoid).
 
     ``concat``: ``forward(h_ab)`` with ``h_ab`` ``(n, d)`` the features of the ordered pair text.
     ``difference``: ``forward(h_a, h_b)`` with pointwise features ``(n, d)`` each; z = g(h_a) - g(h_b).
-    g is ``Linear(d, rep_dim) -> GELU -> Linear(rep_dim, rep_dim)``.
+    ``projection="mlp"``: g is ``Linear(d, rep_dim) -> GELU -> Linear(rep_dim, rep_dim)`` (a learned representation,
+    ``(n, rep_dim)``); ``"none"``: g is the identity, z is the backbone's pooled state itself (``(n, d)``: the
+    proposal's "z = the final hidden state" with the backbone frozen) and only the head trains.
     """
 
-    def __init__(self, hidden_size: int, rep_dim: int, kind: str = "concat"):
+    def __init__(self, hidden_size: int, rep_dim: int, kind: str = "concat", projection: str = "mlp"):
         super().__init__()
         if kind not in ("concat", "difference"):
             raise ValueError(f"unknown LRHP encoder '{kind}'; valid: concat, difference")
+        if projection not in ("mlp", "none"):
+            raise ValueError(f"unknown LRHP projection '{projection}'; valid: mlp, none")
         self.kind = kind
-        self.g = nn.Sequential(nn.Linear(hidden_size, rep_dim), nn.GELU(), nn.Linear(rep_dim, rep_dim))
+        if projection == "mlp":
+            self.g: nn.Module = nn.Sequential(nn.Linear(hidden_size, rep_dim), nn.GELU(), nn.Linear(rep_dim, rep_dim))
+        else:
+            self.g, rep_dim = nn.Identity(), hidden_size
+        self.rep_dim = rep_dim
         self.head = nn.Linear(rep_dim, 1, bias=kind == "concat")
 
     def represent(self, h_a: torch.Tensor, h_b: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,7 +118,9 @@ def preference_probs(encoder: PairEncoder, feats_wl: tuple[torch.Tensor, ...],
 
 
 def select_by_centroid(z_pool: torch.Tensor, z_seed: torch.Tensor, n_select: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``n_select`` pool rows most similar to the seed set: cosine similarity to the mean seed z.
+    """The ``n_select`` pool rows most similar to the seed set: cosine similarity to the mean seed z, both taken
+    relative to the pool's mean z (language-model states share a large common direction that would otherwise make
+    every cosine close to 1; Ethayarajh 2019).
 
     Args:
         z_pool: ``(n, r)`` pool representations.
@@ -119,8 +130,9 @@ def select_by_centroid(z_pool: torch.Tensor, z_seed: torch.Tensor, n_select: int
     Returns:
         ``(indices (n_select,), scores (n,))``, indices by descending score (ties by index).
     """
-    centroid = z_seed.double().mean(0, keepdim=True)
-    scores = nn.functional.cosine_similarity(z_pool.double(), centroid, dim=1).float()
+    mu = z_pool.double().mean(0, keepdim=True)
+    centroid = z_seed.double().mean(0, keepdim=True) - mu
+    scores = nn.functional.cosine_similarity(z_pool.double() - mu, centroid, dim=1).float()
     order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
     return torch.tensor(order[:n_select], dtype=torch.long), scores
 

@@ -109,8 +109,9 @@ class ProbingRecipe(Recipe):
                 plan.extra["pooling"] = m.pooling
             else:
                 seed_set, test, pool = self.pair_splits()
-                r = m.rep_dim
-                encoder = hidden * r + r + r * r + r + r + (1 if m.encoder == "concat" else 0)
+                r = m.rep_dim if m.projection == "mlp" else hidden
+                g = hidden * r + r + r * r + r if m.projection == "mlp" else 0
+                encoder = g + r + (1 if m.encoder == "concat" else 0)
                 heads = hidden * (3 if "pds" in m.stages else 0) + hidden * (2 if "pmp" in m.stages else 0)
                 margin = (r * m.margin_hidden + 2 * m.margin_hidden + 1) if "pmp" in m.stages else 0
                 plan.trainable_params = encoder + heads + margin
@@ -317,7 +318,7 @@ class ProbingRecipe(Recipe):
         # 1. the pair encoder, on both orders of every pool pair
         with torch.random.fork_rng():
             torch.manual_seed(int(cfg.seed))
-            encoder = lrhp.PairEncoder(feats.shape[1], m.rep_dim, m.encoder)
+            encoder = lrhp.PairEncoder(feats.shape[1], m.rep_dim, m.encoder, m.projection)
 
         def log_step(step: int, loss: float, lr: float) -> None:
             if step % max(cfg.train.logging_steps, 1) == 0:

@@ -73,7 +73,9 @@ def test_difference_encoder_is_antisymmetric_by_construction():
     w, lo = _pairs_features(50)
     torch.manual_seed(0)
     enc = PairEncoder(8, 16, "difference")
-    assert enc.head.bias is None
+    assert enc.head.bias is None and enc.rep_dim == 16
+    plain = PairEncoder(8, 16, "difference", projection="none")  # z = h_a - h_b: a linear Bradley-Terry reward
+    assert plain.rep_dim == 8 and torch.equal(plain.represent(w, lo), w - lo)
     p_wl, p_lw = preference_probs(enc, (w, lo), (lo, w))
     torch.testing.assert_close(p_wl + p_lw, torch.ones(50), atol=1e-6, rtol=0)
     train_pair_encoder(enc, (w[:40], lo[:40]), (lo[:40], w[:40]), OPT)
@@ -85,13 +87,17 @@ def test_difference_encoder_is_antisymmetric_by_construction():
 
 
 def test_select_by_centroid_by_hand():
-    seed = torch.tensor([[1.0, 0.0], [1.0, 0.2], [1.0, -0.2]])  # mean (1, 0)
-    pool = torch.tensor([[1.0, 0.1], [0.0, 1.0], [-1.0, 0.0], [0.9, -0.1], [2.0, 0.0]])
-    idx, scores = select_by_centroid(pool, seed, 3)
-    # cosines to (1, 0): 1/sqrt(1.01), 0, -1, 0.9/sqrt(0.82), 1  -> order 4, 0, 3
-    assert scores.tolist() == pytest.approx([1 / math.sqrt(1.01), 0.0, -1.0, 0.9 / math.sqrt(0.82), 1.0], abs=1e-6)
-    assert idx.tolist() == [4, 0, 3]
-    assert precision_at(idx, torch.tensor([True, False, False, False, True])) == pytest.approx(2 / 3)
+    pool = torch.tensor([[2.0, 1.0], [0.0, 1.0], [-2.0, 1.0], [0.0, -3.0]])  # mean (0, 0)
+    seed = torch.tensor([[1.0, 1.0], [1.0, -1.0]])  # mean (1, 0)
+    idx, scores = select_by_centroid(pool, seed, 2)
+    # cosines to (1, 0): 2/sqrt(5), 0, -2/sqrt(5), 0 -> top two: 0, then the tie 1 vs 3 goes to the lower index
+    assert scores.tolist() == pytest.approx([2 / math.sqrt(5), 0.0, -2 / math.sqrt(5), 0.0], abs=1e-6)
+    assert idx.tolist() == [0, 1]
+    # relative to the pool mean: a common offset of every representation changes nothing
+    shift = torch.tensor([10.0, 10.0])
+    idx2, scores2 = select_by_centroid(pool + shift, seed + shift, 2)
+    assert idx2.tolist() == [0, 1] and scores2.tolist() == pytest.approx(scores.tolist(), abs=1e-6)
+    assert precision_at(idx, torch.tensor([True, False, False, True])) == 0.5
 
 
 def test_pds_precision_above_base_rate_on_a_two_type_pool():
