@@ -138,9 +138,11 @@ class DataConfig:
     for GSM8K/MGSM-style answers) or ``math_verify`` (``\\boxed{}`` LaTeX answers compared by the ``math-verify``
     library, for competition math)."""
     train_size: Optional[int] = None
-    """Rows per language of the training split of a generated dataset (``arith``)."""
+    """Rows per language of the training split of a generated dataset (``arith``); pairs per HH-RLHF subset of a
+    derived probing task's training split (``hh-probe``)."""
     eval_size: Optional[int] = None
-    """Rows per language of the evaluation split of a generated dataset (``arith``)."""
+    """Rows per language of the evaluation split of a generated dataset (``arith``); pairs per HH-RLHF subset of a
+    derived probing task's test split (``hh-probe``)."""
     seed: int = 0
     """Seed of a generated dataset and of row sub-sampling."""
 

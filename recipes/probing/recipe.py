@@ -137,7 +137,11 @@ class ProbingRecipe(Recipe):
         return self.run_lrhp()
 
     def _features(self, name: str, texts: list[str], backbone: Any, tokenizer: Any, precision: str) -> tuple:
-        """(features of the kept texts ``(k, d)``, {text index: feature row}, EncodedTexts), cached in the run dir."""
+        """Features of ``texts`` from the frozen backbone, extracted once and cached in ``<run dir>/features/``.
+
+        Returns:
+            ``(features (k, d) of the k kept texts, {text index: feature row}, EncodedTexts, loaded_from_cache)``.
+        """
         from recipes.probing.features import cached_features, encode_texts, extract_features, fingerprint
         from runner.logging import progress
         from runner.models import model_source
@@ -194,7 +198,7 @@ class ProbingRecipe(Recipe):
         metrics: dict[str, Any] = {"train/total_params": total, "train/features_cached": int(hit)}
         accs, probes, centroids, test_sets = {}, {}, {}, {}
         trainable = dropped_train = dropped_test = 0
-        for j, (dim, task) in enumerate(tasks.items()):
+        for dim, task in tasks.items():
             x_tr, y_tr, kept_tr = split(task.train)
             x_te, y_te, kept_te = split(task.test)
             dropped_train += len(task.train) - len(kept_tr)
@@ -207,7 +211,7 @@ class ProbingRecipe(Recipe):
                 if step % max(cfg.train.logging_steps, 1) == 0:
                     self.metrics.log({f"train/loss/{dim}": loss, f"train/lr/{dim}": lr}, step=step)
 
-            opt = HeadOptim.from_cfg(cfg, seed_offset=j)
+            opt = HeadOptim.from_cfg(cfg)  # the paper trains each dimension in its own run with the same seed
             probe, losses = train_probe(x_tr, y_tr, num_classes, opt, log_step)
             acc, pred = evaluate_probe(probe, x_te, y_te)
             accs[dim], probes[dim] = acc, probe

@@ -151,3 +151,36 @@ def test_probing_config_errors(compose_cfg, overrides, message):
     with pytest.raises(ConfigError) as info:
         validate(compose_cfg(*overrides))
     assert re.search(message, info.value.paragraph()), info.value.paragraph()
+
+
+def test_probing_config_checks_import_no_torch():
+    """Config errors and ``--cfg job`` stay fast: composing and validating the probing methods imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from runner.config import compose, validate; "
+            "validate(compose(['method=lrhp', 'data=hh-rlhf'])); validate(compose(['experiment=mrmbench-easy'])); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_dry_run_plan_of_an_8b_reward_model_backbone(compose_cfg, tmp_path):
+    """The paper's setting on an 8B backbone, planned on the meta device (no weights, no download)."""
+    from recipes.probing.recipe import ProbingRecipe
+
+    root = write_mrmbench(tmp_path, dims=("harmlessness", "verbosity"), n=300)
+    cfg = compose_cfg("experiment=mrmbench-easy", "model=llama3.1-8b-instruct", f"data.path={root}",
+                      "data.subsets=[harmlessness,verbosity]", "data.max_samples=200")
+    validate(cfg)
+    plan = ProbingRecipe(cfg).plan()
+    assert not plan.problems, plan.problems
+    # AutoModel: embeddings 128256 x 4096 + 32 layers x 218,112,000 + final norm 4096 (no lm_head)
+    assert plan.total_params == 128256 * 4096 + 32 * 218_112_000 + 4096 == 7_504_924_672
+    assert plan.trainable_params == 2 * 4096  # two bias-free (4096 -> 1) probes
+    assert (plan.train_rows, plan.eval_rows, plan.global_batch_size) == (400, 600, 128)
+    assert plan.steps == 2 * 2  # ceil(200 / 128) per dimension, 1 epoch
+    too_long = ProbingRecipe(compose_cfg("experiment=mrmbench-easy", "model=minilm-l6", f"data.path={root}",
+                                         "data.subsets=[verbosity]")).plan()
+    assert any("train.max_seq_len' is 2048 but model 'minilm-l6' has 512 positions" in p for p in too_long.problems)
