@@ -33,13 +33,23 @@ PDS_SELECTIONS = ("centroid",)
 MARGIN_SOURCES = ("data", "reward_model")
 
 
-def _common_checks(cfg: DictConfig, formats: tuple[str, ...], data_hint: str) -> list[str]:
+def data_format_problem(cfg: DictConfig) -> str | None:
+    """Whether ``data`` fits the probing method (checked by the plan, so that every method option validates with the
+    default data config; a dry-run or a run stops on it before any model or data is loaded)."""
+    m = cfg.method
+    formats, hint = {"mrmbench": (PROBE_FORMATS, "data=mrmbench (data.path=<MRMBench data dir>) or data=hh-probe"),
+                     "lrhp": (PAIR_FORMATS, "data=hh-rlhf (data.path=<dir of HH-RLHF files>) or data=pairs-jsonl "
+                                            "(data.path=<file.jsonl>)")}[m.name]
+    if cfg.data.format in formats:
+        return None
+    return (f"method={m.name} reads data formats {', '.join(formats)} but data={cfg.data.name} has format "
+            f"'{cfg.data.format}'; use {hint}.")
+
+
+def _common_checks(cfg: DictConfig) -> list[str]:
     m, problems = cfg.method, []
     if m.pooling not in POOLINGS:
         problems.append(f"'method.pooling' is '{m.pooling}'; valid values: {', '.join(POOLINGS)}.")
-    if cfg.data.format not in formats:
-        problems.append(f"method={m.name} reads data formats {', '.join(formats)} but data={cfg.data.name} has format "
-                        f"'{cfg.data.format}'; use {data_hint}.")
     if cfg.hardware.distributed != "none":
         problems.append(f"method={m.name} runs in one process (a frozen backbone's features are extracted once and "
                         f"small heads trained on them); set hardware.distributed=none (hardware=cpu or gpu).")
@@ -79,7 +89,7 @@ class MRMBenchMethodConfig(MethodConfig):
     @classmethod
     def check(cls, cfg: DictConfig) -> list[str]:
         m, d = cfg.method, cfg.data
-        problems = _common_checks(cfg, PROBE_FORMATS, "data=mrmbench (data.path=<MRMBench data dir>) or data=hh-probe")
+        problems = _common_checks(cfg)
         if m.level not in LEVEL_CLASSES:
             problems.append(f"'method.level' is '{m.level}'; valid values: {', '.join(LEVEL_CLASSES)}.")
         if m.itp_clusters < 1:
@@ -146,8 +156,7 @@ class LRHPMethodConfig(MethodConfig):
     @classmethod
     def check(cls, cfg: DictConfig) -> list[str]:
         m, d = cfg.method, cfg.data
-        problems = _common_checks(cfg, PAIR_FORMATS, "data=hh-rlhf (data.path=<dir of HH-RLHF files>) or "
-                                                      "data=pairs-jsonl (data.path=<file.jsonl>)")
+        problems = _common_checks(cfg)
         for key, valid in (("encoder", LRHP_ENCODERS), ("projection", LRHP_PROJECTIONS), ("selection", PDS_SELECTIONS),
                            ("margin_source", MARGIN_SOURCES)):
             if m[key] not in valid:

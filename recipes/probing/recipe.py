@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from recipes.base import Plan, Recipe
-from recipes.probing.config import LEVEL_CLASSES
+from recipes.probing.config import LEVEL_CLASSES, data_format_problem
 from runner.errors import ConfigError, DataError, RunnerError
 from runner.hardware import estimate_memory, resolve_precision
 
@@ -96,8 +96,11 @@ class ProbingRecipe(Recipe):
         except RunnerError as ex:
             plan.problems.append(ex.paragraph())
         opt = HeadOptim.from_cfg(cfg)
+        bad_data = data_format_problem(cfg)
+        if bad_data:
+            plan.problems.append(bad_data)
         try:
-            if m.name == "mrmbench":
+            if bad_data is None and m.name == "mrmbench":
                 tasks = self.probe_tasks()
                 out = 1 if LEVEL_CLASSES[m.level] == 2 else LEVEL_CLASSES[m.level]
                 plan.trainable_params = hidden * out * len(tasks)
@@ -107,7 +110,7 @@ class ProbingRecipe(Recipe):
                 plan.extra["dimensions"] = ", ".join(tasks)
                 plan.extra["probe"] = f"Linear({hidden}, {out}, bias=False) per dimension"
                 plan.extra["pooling"] = m.pooling
-            else:
+            elif bad_data is None:
                 seed_set, test, pool = self.pair_splits()
                 r = m.rep_dim if m.projection == "mlp" else hidden
                 g = hidden * r + r + r * r + r if m.projection == "mlp" else 0

@@ -136,7 +136,6 @@ def test_probing_configs_validate(compose_cfg):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["method=mrmbench"], "method=mrmbench reads data formats mrmbench, hh_probe but data=arith"),
     (["method=mrmbench", "data=hh-probe", "method.level=hard"], "binary labels only"),
     (["method=mrmbench", "data=mrmbench", "data.subsets=[harmlessness,kindness]"], r"has \['kindness'\]"),
     (["method=mrmbench", "data=hh-probe", "method.pooling=max"], "'method.pooling' is 'max'"),
@@ -164,6 +163,18 @@ def test_probing_config_checks_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_probing_method_on_other_data_is_a_plan_problem(compose_cfg):
+    from recipes.probing.recipe import ProbingRecipe
+
+    cfg = compose_cfg("method=mrmbench")  # the default data=arith validates (every method option does) ...
+    validate(cfg)
+    plan = ProbingRecipe(cfg).plan()  # ... and the plan stops the run before any model or data is loaded
+    assert plan.problems == ["method=mrmbench reads data formats mrmbench, hh_probe but data=arith has format "
+                             "'arith'; use data=mrmbench (data.path=<MRMBench data dir>) or data=hh-probe."]
+    plan = ProbingRecipe(compose_cfg("method=lrhp", "data=gsm8k")).plan()
+    assert len(plan.problems) == 1 and "method=lrhp reads data formats hh_rlhf, pairs_jsonl" in plan.problems[0]
 
 
 def test_dry_run_plan_of_an_8b_reward_model_backbone(compose_cfg, tmp_path):
