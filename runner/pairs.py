@@ -151,16 +151,19 @@ def load_pair_split(cfg, split: str, max_pairs: int | None = None) -> list[Prefe
     """Preference pairs of ``split`` as a data config describes them.
 
     Args:
-        cfg: the ``data`` config node; ``format`` is ``hh_rlhf`` or ``pairs_jsonl``.
-        split: for ``hh_rlhf``: ``train`` / ``test`` (all subsets) or ``<subset>/<split>`` (one subset); for
-            ``pairs_jsonl``: the file ``<data.path>/<split>.jsonl`` (or ``data.path`` itself when it is a file).
+        cfg: the ``data`` config node; ``format`` is ``hh_rlhf`` or ``pairs_jsonl``. ``data.subsets`` (when set)
+            keeps only the pairs of those subsets (HH-RLHF subsets, or the ``subset`` field of JSON Lines rows).
+        split: for ``hh_rlhf``: ``train`` / ``test`` (the subsets of ``data.subsets``, all four when null) or
+            ``<subset>/<split>`` (one subset); for ``pairs_jsonl``: the file ``<data.path>/<split>.jsonl`` (or
+            ``data.path`` itself when it is a file).
         max_pairs: keep at most this many pairs, taken round-robin over the subsets so each stays represented.
 
     Raises:
         DataError: an unknown format, subset or split, a missing or malformed file, or no pairs.
     """
+    wanted = list(cfg.subsets) if getattr(cfg, "subsets", None) else None
     if cfg.format == "hh_rlhf":
-        subsets = None
+        subsets = wanted
         name = split
         if "/" in split:
             subset, name = split.split("/", 1)
@@ -175,6 +178,8 @@ def load_pair_split(cfg, split: str, max_pairs: int | None = None) -> list[Prefe
                             "<split>.jsonl, of rows with prompt, chosen and rejected.")
         root = Path(cfg.path)
         pairs = load_pairs_jsonl(root if root.is_file() else root / f"{split}.jsonl")
+        if wanted is not None:
+            pairs = [p for p in pairs if p.subset in wanted]
     else:
         raise DataError(f"'data.format' is '{cfg.format}', which holds no preference pairs; valid pair formats: "
                         f"{', '.join(PAIR_FORMATS)}.")

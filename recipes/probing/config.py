@@ -14,6 +14,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from runner.config import MethodConfig
+from runner.pairs import HH_SUBSETS, PAIR_FORMATS
 
 MRMBENCH_DIMENSIONS = ("harmlessness", "helpfulness", "correctness", "coherence", "complexity", "verbosity")
 """The six MRMBench dimensions, named as the directories of ``data/mrm_{easy,hard}/``."""
@@ -25,7 +26,6 @@ POOLINGS = ("last_token", "mean", "cls")
 """How a sequence becomes one vector: the last real token's final hidden state (MRMBench's rule, for decoders), the
 mean over real tokens (how sentence encoders such as all-MiniLM-L6-v2 were trained), or the first token ([CLS])."""
 PROBE_FORMATS = ("mrmbench", "hh_probe")
-PAIR_FORMATS = ("hh_rlhf", "pairs_jsonl")
 LRHP_ENCODERS = ("concat", "difference")
 LRHP_PROJECTIONS = ("mlp", "none")
 LRHP_STAGES = ("pds", "pmp")
@@ -38,7 +38,7 @@ def data_format_problem(cfg: DictConfig) -> str | None:
     default data config; a dry-run or a run stops on it before any model or data is loaded)."""
     m = cfg.method
     formats, hint = {"mrmbench": (PROBE_FORMATS, "data=mrmbench (data.path=<MRMBench data dir>) or data=hh-probe"),
-                     "lrhp": (PAIR_FORMATS, "data=hh-rlhf (data.path=<dir of HH-RLHF files>) or data=pairs-jsonl "
+                     "lrhp": (PAIR_FORMATS, "data=hh_rlhf (data.path=<dir of HH-RLHF files>) or data=pairs-jsonl "
                                             "(data.path=<file.jsonl>)")}[m.name]
     if cfg.data.format in formats:
         return None
@@ -176,8 +176,6 @@ class LRHPMethodConfig(MethodConfig):
             problems.append("method.margin_source=data needs pairs with a 'margin' field (data=pairs-jsonl); HH-RLHF "
                             "has none: use method.margin_source=reward_model.")
         if d.format == "hh_rlhf" and d.subsets is not None:
-            from runner.pairs import HH_SUBSETS
-
             bad = [s for s in d.subsets if s not in HH_SUBSETS]
             if bad:
                 problems.append(f"'data.subsets' has {bad}; HH-RLHF subsets are {', '.join(HH_SUBSETS)}.")

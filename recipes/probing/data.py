@@ -28,7 +28,7 @@ from typing import Any
 from recipes.probing.config import HH_PROBE_TASKS, LEVEL_CLASSES, MRMBENCH_DIMENSIONS
 from runner.data import read_json
 from runner.errors import DataError
-from runner.pairs import HH_SUBSETS, PreferencePair, load_hh_rlhf, load_pairs_jsonl
+from runner.pairs import HH_SUBSETS, PreferencePair, load_hh_rlhf, load_pair_split
 
 
 @dataclass(frozen=True)
@@ -232,35 +232,17 @@ def load_probe_tasks(data_cfg: Any, level: str, max_train: int | None, max_test:
 
 
 def load_preference_pairs(data_cfg: Any) -> list[PreferencePair]:
-    """Preference pairs for LRHP: HH-RLHF (``hh_rlhf``: ``data.subsets`` of split ``data.train_split``, at most
-    ``data.max_samples`` per subset) or a JSON Lines file (``pairs_jsonl``: ``data.path``).
+    """Preference pairs for LRHP: split ``data.train_split`` of a pair data config (``hh_rlhf`` or ``pairs_jsonl``,
+    read by :func:`runner.pairs.load_pair_split`: ``data.subsets`` kept, at most ``data.max_samples`` pairs taken
+    round-robin over the subsets).
 
     Raises:
-        DataError: a missing file, malformed rows, or no pairs at all.
+        DataError: a missing file, malformed rows, no pairs, or a data config without a train split.
     """
-    if data_cfg.format == "hh_rlhf":
-        if data_cfg.path is not None and not Path(data_cfg.path).exists():
-            raise DataError(f"'data.path' is '{data_cfg.path}', which does not exist; point it at a directory of "
-                            "HH-RLHF <subset>_<split>.jsonl.gz files.")
-        pairs = load_hh_rlhf(data_cfg.path, list(data_cfg.subsets) if data_cfg.subsets else None,
-                             split=data_cfg.train_split or "test", max_per_subset=data_cfg.max_samples,
-                             hub_id=data_cfg.hub_id or "Anthropic/hh-rlhf")
-    elif data_cfg.format == "pairs_jsonl":
-        if data_cfg.path is None:
-            raise DataError("data=pairs-jsonl needs data.path=<file.jsonl> with prompt, chosen, rejected fields.")
-        pairs = load_pairs_jsonl(data_cfg.path)
-        if data_cfg.subsets:
-            pairs = [p for p in pairs if p.subset in set(data_cfg.subsets)]
-        if data_cfg.max_samples is not None:
-            per: dict[str, int] = {}
-            kept = []
-            for p in pairs:
-                per[p.subset] = per.get(p.subset, 0) + 1
-                if per[p.subset] <= data_cfg.max_samples:
-                    kept.append(p)
-            pairs = kept
-    else:
-        raise DataError(f"'data.format' is '{data_cfg.format}'; LRHP reads hh_rlhf or pairs_jsonl.")
-    if not pairs:
-        raise DataError(f"data={data_cfg.name} gave no preference pairs (subsets {data_cfg.subsets}).")
-    return pairs
+    if data_cfg.path is not None and not Path(data_cfg.path).exists():
+        raise DataError(f"'data.path' is '{data_cfg.path}', which does not exist; point it at a directory of HH-RLHF "
+                        "<subset>_<split>.jsonl.gz files or a JSON Lines file of pairs.")
+    if data_cfg.train_split is None:
+        raise DataError(f"data={data_cfg.name} has no train split (data.train_split is null); LRHP reads its pairs "
+                        "from it.")
+    return load_pair_split(data_cfg, data_cfg.train_split, data_cfg.max_samples)

@@ -111,9 +111,23 @@ def test_pairs_jsonl_margins(tmp_path):
     f.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "high"}\n')
     with pytest.raises(DataError, match="row 1 field 'margin' is 'high'"):
         load_pairs_jsonl(f)
-    cfg = OmegaConf.create(dict(name="pairs-jsonl", format="pairs_jsonl", path=None, subsets=None, max_samples=None))
+    cfg = OmegaConf.create(dict(name="pairs-jsonl", format="pairs_jsonl", path=None, subsets=None, max_samples=None,
+                                train_split="train"))
     with pytest.raises(DataError, match="needs data.path"):
         load_preference_pairs(cfg)
+
+
+def test_preference_pairs_keep_data_subsets(tmp_path):
+    hh = OmegaConf.create(dict(name="hh_rlhf", format="hh_rlhf", path=str(shared("hh_rlhf")), hub_id=None,
+                               subsets=["harmless-base", "helpful-base"], max_samples=10, train_split="test"))
+    pairs = load_preference_pairs(hh)
+    assert [p.subset for p in pairs] == ["harmless-base", "helpful-base"] * 5  # round-robin over the subsets
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "subset": s}) + "\n"
+                         for s in ("x", "y", "x", "z")))
+    js = OmegaConf.create(dict(name="pairs-jsonl", format="pairs_jsonl", path=str(f), subsets=["x", "z"],
+                               max_samples=None, train_split="train"))
+    assert [p.subset for p in load_preference_pairs(js)] == ["x", "x", "z"]
 
 
 # ---- configs -------------------------------------------------------------------------------------------------------
@@ -131,7 +145,7 @@ def test_minilm_config_points_at_the_pip_package(compose_cfg):
 def test_probing_configs_validate(compose_cfg):
     validate(compose_cfg("method=mrmbench", "data=hh-probe"))
     validate(compose_cfg("experiment=mrmbench-hard"))
-    validate(compose_cfg("method=lrhp", "data=hh-rlhf"))
+    validate(compose_cfg("method=lrhp", "data=hh_rlhf"))
     validate(compose_cfg("method=lrhp", "data=pairs-jsonl", "method.margin_source=data", "method.stages=[pmp]"))
 
 
@@ -141,10 +155,11 @@ def test_probing_configs_validate(compose_cfg):
     (["method=mrmbench", "data=hh-probe", "method.pooling=max"], "'method.pooling' is 'max'"),
     (["method=mrmbench", "data=hh-probe", "method.d_tau=-1"], "'method.d_tau' is -1"),
     (["method=mrmbench", "data=hh-probe", "train.max_steps=0"], "would evaluate untrained heads"),
-    (["method=lrhp", "data=hh-rlhf", "method.margin_source=data"], "HH-RLHF has none"),
-    (["method=lrhp", "data=hh-rlhf", "method.target_subset=helpful-online"], "not among data.subsets"),
-    (["method=lrhp", "data=hh-rlhf", "method.stages=[pds,rank]"], r"'method.stages' has \['rank'\]"),
-    (["method=lrhp", "data=hh-rlhf", "method.pair_template='{prompt} {a}'"], "lacks the field {b}"),
+    (["method=lrhp", "data=hh_rlhf", "method.margin_source=data"], "HH-RLHF has none"),
+    (["method=lrhp", "data=hh_rlhf", "data.subsets=[harmless-base,helpful-base]", "method.target_subset=helpful-online"],
+     "not among data.subsets"),
+    (["method=lrhp", "data=hh_rlhf", "method.stages=[pds,rank]"], r"'method.stages' has \['rank'\]"),
+    (["method=lrhp", "data=hh_rlhf", "method.pair_template='{prompt} {a}'"], "lacks the field {b}"),
 ])
 def test_probing_config_errors(compose_cfg, overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -158,7 +173,7 @@ def test_probing_config_checks_import_no_torch():
     import sys
 
     code = ("import sys; from runner.config import compose, validate; "
-            "validate(compose(['method=lrhp', 'data=hh-rlhf'])); validate(compose(['experiment=mrmbench-easy'])); "
+            "validate(compose(['method=lrhp', 'data=hh_rlhf'])); validate(compose(['experiment=mrmbench-easy'])); "
             "print('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
