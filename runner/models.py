@@ -123,8 +123,12 @@ def ensure_tiny(model_cfg: Any, cache_dir: str | Path) -> Path:
     tokenizer = train_tokenizer(config.vocab_size, model_cfg.chat_template)
     config.pad_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
     config.eos_token_id = tokenizer.eos_token_id
+    from transformers import AutoModelForCausalLM
+
+    # Always the causal LM (backbone + head): ``AutoModel.from_pretrained`` loads the backbone of the same dir, so
+    # one cache entry serves ``model.auto_class=causal_lm`` and ``base`` alike.
     with _seeded(model_cfg.init_seed):
-        model = auto_class(model_cfg).from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -95,3 +95,12 @@ def test_tokenizer_without_pad_token_is_fixed_safely(tmp_path, compose_cfg):
     fixed = load_tokenizer(cfg.model, str(tmp_path))
     assert fixed.pad_token == "<unk>" and fixed.pad_token_id != fixed.eos_token_id
     assert src.exists()
+
+
+def test_one_tiny_cache_entry_serves_causal_lm_and_base(compose_cfg, tmp_path):
+    base = compose_cfg("model.auto_class=base", f"cache_dir={tmp_path}")
+    causal = compose_cfg(f"cache_dir={tmp_path}")
+    backbone, _ = load_model(base.model, base.hardware, base.cache_dir)  # built first, as a base model would be
+    lm, _ = load_model(causal.model, causal.hardware, causal.cache_dir)
+    assert type(backbone).__name__ == "LlamaModel" and type(lm).__name__ == "LlamaForCausalLM"
+    assert torch.equal(backbone.embed_tokens.weight, lm.model.embed_tokens.weight)
