@@ -34,9 +34,10 @@ class Plan:
     global_batch_size: int = 0
     """Rows per optimizer step (micro_batch_size x grad_accum_steps x world size)."""
     memory_gb: float = 0.0
-    """Model-state memory per process (weights + gradients + optimizer states), GiB."""
-    memory: dict[str, float] = field(default_factory=dict)
-    """The breakdown of ``memory_gb``."""
+    """Estimated memory per GPU (per process on the CPU), GiB: model states (weights, gradients, optimizer states,
+    sharded by the ZeRO stage) and activations (see :func:`runner.hardware.estimate_memory_per_gpu`)."""
+    memory: dict[str, Any] = field(default_factory=dict)
+    """The breakdown of ``memory_gb`` (``*_gb`` figures) and what it assumed (``zero_stage``, ``world_size``)."""
     notes: list[str] = field(default_factory=list)
     """Facts worth showing (dropped rows, chosen layers...)."""
     problems: list[str] = field(default_factory=list)
@@ -60,10 +61,24 @@ class Plan:
                ("trainable params", f"{self.trainable_params:,} ({100 * self.trainable_fraction:.2f}%)"),
                ("train rows", f"{self.train_rows:,}"), ("eval rows", f"{self.eval_rows:,}"),
                ("steps", f"{self.steps:,}"), ("global batch", f"{self.global_batch_size}"),
-               ("memory (model states)", f"{self.memory_gb:.2f} GiB " + ", ".join(
-                   f"{k.removesuffix('_gb')} {v:.2f}" for k, v in self.memory.items() if k != "total_gb"))]
+               ("memory per GPU", self._memory_text())]
+        if self.memory.get("cpu_offload_gb"):
+            out.append(("CPU offload per GPU", f"{self.memory['cpu_offload_gb']:.2f} GiB"))
+        if self.memory.get("deepspeed_estimate_gb") is not None:
+            out.append(("DeepSpeed estimator", f"{self.memory['deepspeed_estimate_gb']:.2f} GiB (model states)"))
         out += [(str(k), str(v)) for k, v in self.extra.items() if not isinstance(v, (dict, list))]
         return out
+
+
+    def _memory_text(self) -> str:
+        parts = ", ".join(f"{k.removesuffix('_gb')} {v:.2f}" for k, v in self.memory.items()
+                          if k.endswith("_gb") and k not in ("total_gb", "cpu_offload_gb", "deepspeed_estimate_gb")
+                          and isinstance(v, (int, float)) and v)
+        where = ""
+        if "world_size" in self.memory:
+            stage = self.memory.get("zero_stage", "none")
+            where = f"; world size {self.memory['world_size']}" + (f", ZeRO-{stage}" if stage != "none" else "")
+        return f"{self.memory_gb:.2f} GiB ({parts}{where})"
 
 
 def human(n: float) -> str:

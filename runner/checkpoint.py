@@ -77,17 +77,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if final.exists():
-            old = final.with_name(f".old-{final.name}")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        commit(tmp, final)
     except OSError as ex:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RunDirError(f"could not save checkpoint '{final}': {ex.strerror or ex}. The previous checkpoints are "
@@ -95,3 +85,32 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def shared_tmp_dir(final: str | Path) -> Path:
+    """The temporary dir every rank of a distributed save writes into (a fixed name, so all ranks agree on it
+    without talking); :func:`commit` renames it to ``final`` once every rank is done."""
+    final = Path(final)
+    return final.parent / f".tmp-{final.name}-shared"
+
+
+def commit(tmp: str | Path, final: str | Path) -> None:
+    """fsync every file under ``tmp`` and rename it to ``final`` (an existing ``final`` is replaced only after the
+    new one is complete).
+
+    Raises:
+        OSError: the rename or a sync failed (``final`` is untouched).
+    """
+    tmp, final = Path(tmp), Path(final)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)

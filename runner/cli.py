@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from runner.config import CONF_DIR, compose, register_configs, validate
 from runner.errors import RunnerError
+from runner.launch import LAUNCHED_ENV
 from runner.outputs import RunDir, is_main_process
 
 log = logging.getLogger("runner")
@@ -35,6 +36,9 @@ _VALUE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", 
 
 
 def _fail(ex: RunnerError) -> None:
+    """Print the error paragraph (rank 0 only: every rank of a launched run meets the same error)."""
+    if not is_main_process():
+        return
     sys.stderr.write(ex.paragraph() + "\n")
     sys.stderr.flush()
 
@@ -87,8 +91,47 @@ def preflight(argv: list[str]) -> list[str]:
     validate(cfg)
     run_dir = Path(str(cfg.hydra.run.dir)).expanduser().absolute()
     resume = bool(cfg.resume)
-    RunDir(run_dir).check_fresh(resume)
+    ours = os.environ.get(LAUNCHED_ENV) == "1"
+    external = not ours and int(os.environ.get("WORLD_SIZE", "1")) > 1  # torchrun or deepspeed typed by the user
+    if external and not any(a.startswith("hydra.run.dir=") for a in argv):
+        from runner.errors import ConfigError
+
+        raise ConfigError("under an external launcher (WORLD_SIZE is set) every rank needs the same run dir: add "
+                          "hydra.run.dir=<dir>, or let the runner launch the ranks itself (run without torchrun).")
+    if not ours and int(os.environ.get("RANK", "0")) == 0:
+        # launched ranks reuse the run dir their launcher checked (rank 0 may be writing already)
+        _check_nodes_share_run_dir(cfg, argv)
+        RunDir(run_dir).check_fresh(resume)
     return [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={_quote(str(run_dir))}"]
+
+
+def _check_nodes_share_run_dir(cfg: DictConfig, argv: list[str]) -> None:
+    """Several nodes must agree on the run dir: a timestamped default would differ from node to node."""
+    hw = cfg.hardware
+    if hw.distributed == "none" or cfg.dry_run or os.environ.get("SLURM_JOB_ID"):
+        return
+    nodes = hw.nnodes
+    if hw.hostfile:
+        from runner.launch import parse_hostfile
+
+        nodes = len(parse_hostfile(hw.hostfile))
+    if nodes > 1 and not any(a.startswith("hydra.run.dir=") for a in argv):
+        from runner.errors import ConfigError
+
+        raise ConfigError(f"a run on {nodes} nodes needs the same run dir on every node; add "
+                          "hydra.run.dir=<a dir on a shared filesystem> to the command on each node.")
+
+
+def rank_argv(argv: list[str], env: dict[str, str] | os._Environ | None = None) -> list[str]:
+    """``argv`` of a launched rank: a launcher-injected ``--local_rank`` removed (its value goes to ``LOCAL_RANK``);
+    ranks other than 0 write no ``.hydra/`` dir and no log file (only rank 0 writes files and logs)."""
+    from runner.launch import strip_local_rank
+
+    env = os.environ if env is None else env
+    argv = strip_local_rank(argv, env)
+    if int(env.get("RANK", "0")) != 0:
+        argv = [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    return argv
 
 
 HELP = """usage: run [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]
@@ -121,7 +164,7 @@ def print_help() -> None:
 
 def main() -> None:
     """Console-script entry point (``run``)."""
-    argv = sys.argv[1:]
+    argv = rank_argv(sys.argv[1:])
     if any(a in ("--help", "-h") for a in argv):
         print_help()
         return
@@ -169,13 +212,19 @@ def execute(cfg: DictConfig) -> dict[str, float] | None:
         validate(cfg)
         if multirun:
             run_dir.check_fresh(cfg.resume)
-        quiet_libraries()
-        from runner import hardware
+        from runner import hardware, launch
 
-        precision = hardware.setup(cfg.hardware)
+        if launch.needs_launch(cfg):  # this process only starts the ranks: no transformers import here
+            hardware.setup(cfg.hardware)
+            return _run_launched(cfg, run_dir, multirun, t0)
+        launch.check_world(cfg)
+        quiet_libraries()
+        precision = hardware.setup(cfg.hardware, dry_run=bool(cfg.dry_run))
+        hardware.init_process_group(cfg.hardware)
         recipe = registry.get_recipe(cfg.method.recipe)(cfg)
         plan = recipe.plan()
         plan.extra.setdefault("precision", precision)
+        plan.problems.extend(hardware.fit_problems(cfg, plan.memory))
         _print_plan(plan, run_dir)
         run_dir.write_json("plan.json", plan.to_dict())
         if plan.problems:
@@ -216,11 +265,45 @@ def execute(cfg: DictConfig) -> dict[str, float] | None:
             tracker.finish(failed)
 
 
+def _task_overrides() -> list[str]:
+    """This job's command-line overrides (Hydra's ``overrides.task``; the process argv outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return [a for a in sys.argv[1:] if not a.startswith("-")]
+
+
+def _run_launched(cfg: DictConfig, run_dir: RunDir, multirun: bool, t0: float) -> dict[str, float] | None:
+    """Run the job on every rank under torchrun (:mod:`runner.launch`); rank 0 writes the run dir. Returns its
+    metrics; a failed run exits with the ranks' status (single run) or is recorded as failed (multirun)."""
+    from runner import launch
+
+    if launch.topology(cfg.hardware).node_rank != 0:  # global rank 0, on node 0, records the job
+        run_dir = RunDir(run_dir.path, main=False)
+    code = launch.relaunch(cfg, _task_overrides(), run_dir.path)
+    record = run_dir.read_json("status.json") if (run_dir / "status.json").exists() else {}
+    status = record.get("status")
+    if status in ("completed", "failed"):  # the job's wall time includes starting the ranks
+        _write_status(run_dir, status, t0, record.get("error"))
+    if code == 0 and status == "completed":
+        return run_dir.read_json("metrics.json") if (run_dir / "metrics.json").exists() else {}
+    if code == 0:
+        return None
+    if status != "failed":  # the ranks died before rank 0 could record it
+        _write_status(run_dir, "failed", t0, f"the launched ranks exited with status {code}")
+    if multirun:
+        log.error("job failed: the launched ranks exited with status %s", code)
+        return None
+    sys.exit(code)
+
+
 def _write_status(run_dir: RunDir, status: str, t0: float, error: str | None = None) -> None:
     try:
         if run_dir.path.exists() or status != "failed":
             run_dir.write_json("status.json", {"status": status, "wall_s": round(time.time() - t0, 2),
-                                               "error": error})
+                                               "started": round(t0, 3), "error": error})
     except RunnerError:
         pass
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -428,10 +429,20 @@ def _example(type_name: str, key: str | None) -> str:
 
 
 def world_size(cfg: DictConfig) -> int:
-    """Number of processes of the run: ``nproc_per_node x nnodes`` (1 without a distributed launcher)."""
+    """Number of processes of the run: ``nproc_per_node x nnodes``, or the slots of ``hardware.hostfile``
+    (1 without a distributed launcher).
+
+    Raises:
+        ConfigError: the hostfile is missing or malformed.
+    """
     hw = cfg.hardware
     if hw.distributed == "none":
         return 1
+    if hw.hostfile:
+        from runner.launch import parse_hostfile
+
+        hosts = parse_hostfile(hw.hostfile)
+        return len(hosts) * hosts[0][1]
     return int(hw.nproc_per_node) * int(hw.nnodes)
 
 
@@ -535,7 +546,16 @@ def validate(cfg: DictConfig) -> None:
                         "launcher: set hardware.distributed=ddp or deepspeed (or use hardware=deepspeed).")
     if hw.zero_stage not in (0, 1, 2, 3):
         problems.append(f"'hardware.zero_stage' is {hw.zero_stage}; valid stages: 0, 1, 2, 3.")
-    if train.global_batch_size is not None and min(train.micro_batch_size, train.grad_accum_steps) >= 1:
+    problems.extend(_launcher_problems(hw))
+    hostfile_ok = True
+    if hw.distributed != "none" and hw.hostfile:
+        try:
+            world_size(cfg)
+        except ConfigError as ex:
+            problems.append(str(ex))
+            hostfile_ok = False
+    if hostfile_ok and train.global_batch_size is not None and min(train.micro_batch_size,
+                                                                   train.grad_accum_steps) >= 1:
         actual = global_batch_size(cfg)
         if train.global_batch_size != actual:
             problems.append(
@@ -576,6 +596,35 @@ def validate(cfg: DictConfig) -> None:
                         "tokenizer (model.tokenizer=builtin).")
     if problems:
         raise ConfigError(f"the config has {len(problems)} problem(s):", problems)
+
+
+def _launcher_problems(hw: DictConfig) -> list[str]:
+    """Checks of ``hardware.*`` that must hold before any process is launched."""
+    problems = []
+    if hw.zero_stage > 0 and hw.distributed != "deepspeed":
+        problems.append(f"'hardware.zero_stage' is {hw.zero_stage} but 'hardware.distributed' is "
+                        f"'{hw.distributed}'; ZeRO needs DeepSpeed: use hardware=deepspeed (or "
+                        "hardware.distributed=deepspeed), or set hardware.zero_stage=0.")
+    if hw.offload_optimizer and not (hw.distributed == "deepspeed" and hw.zero_stage >= 1):
+        problems.append("'hardware.offload_optimizer' is true but it needs DeepSpeed ZeRO stage 1-3 "
+                        f"(hardware.distributed={hw.distributed}, hardware.zero_stage={hw.zero_stage}).")
+    if hw.offload_param and not (hw.distributed == "deepspeed" and hw.zero_stage == 3):
+        problems.append("'hardware.offload_param' is true but it needs DeepSpeed ZeRO-3 (hardware.zero_stage=3; it "
+                        f"is {hw.zero_stage}).")
+    if hw.backend == "nccl" and hw.device != "cuda":
+        problems.append(f"'hardware.backend' is nccl but 'hardware.device' is {hw.device}; nccl runs on GPUs only: "
+                        "use hardware.backend=gloo (or auto) on the CPU.")
+    if not 1 <= hw.master_port <= 65535:
+        problems.append(f"'hardware.master_port' is {hw.master_port}; give a TCP port in [1, 65535].")
+    if hw.distributed != "none" and hw.nnodes > 1 and not hw.hostfile and hw.master_addr in (
+            "127.0.0.1", "localhost") and not os.environ.get("SLURM_JOB_ID"):
+        problems.append(f"'hardware.nnodes' is {hw.nnodes} but 'hardware.master_addr' is {hw.master_addr}; every "
+                        "node must reach rank 0: set hardware.master_addr to the host of hardware.node_rank=0 (or "
+                        "give a hardware.hostfile, or run inside a SLURM allocation).")
+    if hw.hostfile and hw.distributed == "none":
+        problems.append("'hardware.hostfile' is set but 'hardware.distributed' is none; use hardware=deepspeed or "
+                        "hardware=ddp.")
+    return problems
 
 
 def to_container(cfg: DictConfig | ListConfig) -> Any:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -38,8 +39,10 @@ def quiet_libraries() -> None:
         datasets.logging.set_verbosity_error()
     except ImportError:
         pass
-    for name in ("DeepSpeed", "deepspeed", "torch.distributed.elastic", "httpx"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("DeepSpeed", "deepspeed", "torch.distributed.elastic", "httpx", "compilers"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # "compilers": DeepSpeed's op builders probing gcc
+    # DeepSpeed calls collectives that torch marks deprecated, once per call: not the user's concern.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
 
 # --------------------------------------------------------------------------------------------------------------------

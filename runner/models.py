@@ -92,6 +92,15 @@ def count_params(model: Any) -> tuple[int, int]:
     return total, trainable
 
 
+def largest_module_params(model: Any) -> int:
+    """Parameters held directly by the largest module (e.g. the embedding or ``lm_head``): what ZeRO-3 gathers at
+    once (DeepSpeed's ``largest_layer_params``)."""
+    best = 0
+    for module in model.modules():
+        best = max(best, sum(p.numel() for p in module.parameters(recurse=False)))
+    return best
+
+
 def tiny_cache_key(model_cfg: Any) -> str:
     """Hash of what defines a tiny model: architecture, init seed, chat template and the tokenizer corpus."""
     from omegaconf import OmegaConf

@@ -15,7 +15,7 @@ from recipes.base import Plan, Recipe
 from runner import data as data_lib
 from runner.config import global_batch_size, steps_for
 from runner.errors import ConfigError, RunDirError, RunnerError
-from runner.hardware import estimate_memory, resolve_precision
+from runner.hardware import estimate_memory_per_gpu
 
 log = logging.getLogger("runner.sft")
 
@@ -105,7 +105,7 @@ class SFTRecipe(Recipe):
     # ---- plan ----------------------------------------------------------------------------------------------------
     def plan_parameters(self) -> Plan:
         """A :class:`Plan` with the parameter counts of the model under the method (built on the meta device)."""
-        from runner.models import build_on_meta, count_params
+        from runner.models import build_on_meta, count_params, largest_module_params
 
         cfg = self.cfg
         plan = Plan(recipe=cfg.method.recipe, method=cfg.method.name, model=cfg.model.name,
@@ -113,6 +113,7 @@ class SFTRecipe(Recipe):
         try:
             meta = self.select_parameters(build_on_meta(cfg.model))
             plan.total_params, plan.trainable_params = count_params(meta)
+            self._largest_module_params = largest_module_params(meta)
             if cfg.method.name == "lora":  # LoRA adds adapter params to the total; report against the base model
                 plan.extra["adapter_params"] = plan.trainable_params
                 plan.total_params -= plan.trainable_params
@@ -121,10 +122,12 @@ class SFTRecipe(Recipe):
         return plan
 
     def plan_memory(self, plan: Plan) -> Plan:
-        """Fill the model-state memory estimate of ``plan`` (training or inference as ``self.trains`` says)."""
-        precision = resolve_precision(self.cfg.hardware)
-        plan.memory = estimate_memory(plan.total_params + plan.extra.get("adapter_params", 0), plan.trainable_params,
-                                      precision, training=self.trains)
+        """Fill the per-GPU memory estimate of ``plan`` for ``hardware.*`` (ZeRO stage, world size; training or
+        inference as ``self.trains`` says): :func:`runner.hardware.estimate_memory_per_gpu`."""
+        plan.memory = estimate_memory_per_gpu(self.cfg, plan.total_params + plan.extra.get("adapter_params", 0),
+                                              plan.trainable_params,
+                                              largest_layer_params=getattr(self, "_largest_module_params", 0),
+                                              training=self.trains)
         plan.memory_gb = plan.memory["total_gb"]
         return plan
 
@@ -187,7 +190,8 @@ class SFTRecipe(Recipe):
 
         cfg = self.cfg
         precision = hardware.resolve_precision(cfg.hardware)
-        model, tokenizer = load_model(cfg.model, cfg.hardware, cfg.cache_dir, precision=precision)
+        model, tokenizer = load_model(cfg.model, cfg.hardware, cfg.cache_dir,
+                                      precision=hardware.weights_precision(cfg, precision))
         metrics: dict[str, float] = {}
 
         if cfg.method.name == "slam" and isinstance(cfg.method.layers, str):
