@@ -305,11 +305,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         run(parse_args(list(sys.argv[1:] if argv is None else argv)))
     except ChildFailedError as ex:
-        rank, failure = ex.get_first_failure()
-        code = failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1
-        if rank != 0:
-            sys.stderr.write(f"run: rank {rank} failed with exit status {failure.exitcode}.\n")
-        sys.exit(code)
+        if 0 in ex.failures:  # rank 0 printed its own error paragraph
+            rank, failure = 0, ex.failures[0]
+        else:
+            rank, failure = ex.get_first_failure()
+            sys.stderr.write(f"run: rank {rank} failed with exit status {failure.exitcode} (rank 0 did not fail; "
+                             "its log and the run dir's status.json may tell more).\n")
+        sys.exit(failure.exitcode if failure.exitcode and failure.exitcode > 0 else 1)
 
 
 if __name__ == "__main__":

@@ -57,9 +57,17 @@ class JobRow:
     error: str | None = None
     """The failure's message (its first line), for failed jobs."""
 
-    @property
-    def label(self) -> str:
-        return " ".join(self.overrides) or self.job
+    def label(self, common: Sequence[str] = ()) -> str:
+        """The job's overrides without those ``common`` to every job of the sweep."""
+        own = [o for o in self.overrides if o not in common]
+        return " ".join(own or self.overrides) or self.job
+
+
+def common_overrides(rows: Sequence[JobRow]) -> list[str]:
+    """Overrides that every job of the sweep has (in the first job's order); empty for a single job."""
+    if len(rows) < 2:
+        return []
+    return [o for o in rows[0].overrides if all(o in r.overrides for r in rows[1:])]
 
 
 def _job_key(path: Path) -> tuple[int, str]:
@@ -160,20 +168,24 @@ def to_csv(rows: Sequence[JobRow]) -> str:
 
 
 def to_markdown(rows: Sequence[JobRow], title: str = "Sweep summary") -> str:
-    """A Markdown table: ``#``, overrides, status, the main metric and :data:`KEY_METRICS`, wall time."""
+    """A Markdown table: ``#``, overrides (those every job shares are listed once above the table), status, the
+    main metric and :data:`KEY_METRICS`, wall time; then the failures' messages."""
     main = main_metric(rows)
     keys = [k for k in ((main,) if main else ()) + KEY_METRICS if any(k in r.metrics for r in rows)]
     keys = list(dict.fromkeys(keys))
     done = sum(r.status == "completed" for r in rows)
     failed = [r for r in rows if r.status == "failed"]
+    common = common_overrides(rows)
     out = [f"# {title}", "", f"{len(rows)} jobs: {done} completed, {len(failed)} failed"
            + (f", {len(rows) - done - len(failed)} other" if len(rows) - done - len(failed) else "") + ".", ""]
+    if common:
+        out += ["Every job: `" + " ".join(common) + "`", ""]
     header = ["#", "overrides", "status", *keys, "wall time (s)"]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(keys) + 1)) + "|")
     for r in rows:
         num = _job_key(Path(r.job))[0]
-        cells = [str(num) if num < 10**9 else r.job, "`" + " ".join(r.overrides) + "`" if r.overrides else "",
+        cells = [str(num) if num < 10**9 else r.job, "`" + r.label(common) + "`" if r.overrides else "",
                  f"**{r.status}**" if r.status == "failed" else r.status,
                  *[_fmt(r.metrics.get(k)) for k in keys], _fmt(r.wall_s)]
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -196,7 +208,8 @@ def plot(rows: Sequence[JobRow], path: str | Path, metric: str | None = None) ->
     metrics = [metric] if metric else [None]
     if metric and metric != "train/loss" and any("train/loss" in r.metrics for r in rows):
         metrics.append("train/loss")
-    labels = [f"{_job_key(Path(r.job))[0]}: {r.label}"[:70] for r in rows]
+    common = common_overrides(rows)
+    labels = [f"{_job_key(Path(r.job))[0]}: {r.label(common)}"[:70] for r in rows]
     height = max(2.5, 0.45 * len(rows) + 1.5)
     fig, axes = plt.subplots(1, len(metrics), figsize=(10 + 4 * (len(metrics) - 1), height), dpi=110,
                              sharey=True, squeeze=False)

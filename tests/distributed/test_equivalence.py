@@ -140,3 +140,13 @@ def test_zero3_checkpoint_loads_into_one_process_for_evaluation(runs, tmp_path):
     assert predictions(tmp_path) == predictions(zero3)  # greedy decoding of the same weights, sharded or not
     m1, m3 = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path, zero3))
     assert m1["eval/accuracy"] == m3["eval/accuracy"] and m1["eval/rows"] == m3["eval/rows"] == 11
+
+
+def test_an_error_on_the_ranks_is_one_paragraph_and_recorded(tmp_path):
+    proc = run_cli(*RUN, *CONFIGS["sft-ddp"], "data=mgsm", f"data.path={tmp_path / 'missing'}",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+    assert proc.stderr.count("Data error: 'data.path' is") == 1, proc.stderr  # printed by rank 0 only
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and "Data error" in status["error"]

@@ -181,3 +181,12 @@ def test_full_fine_tuning_plan_reports_deepspeeds_own_figure(compose_cfg):
     model_states = mem["weights_gb"] + mem["gradients_gb"] + mem["optimizer_gb"]
     assert mem["deepspeed_estimate_gb"] == pytest.approx(model_states, abs=2e-3)
     assert mem["deepspeed_estimate_gb"] == pytest.approx((2 * PSI + 18 * PSI / 8) / GiB, abs=1e-3)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["hardware=deepspeed"], "nccl"),
+    (["hardware=deepspeed", "hardware.device=cpu", "hardware.precision=fp32"], "gloo"),
+    (["hardware=ddp", "hardware.backend=gloo"], "gloo"),
+])
+def test_backend_is_nccl_on_gpu_and_gloo_on_cpu(compose_cfg, overrides, expected):
+    assert hardware.backend(compose_cfg(*overrides).hardware) == expected

@@ -63,7 +63,7 @@ def test_summary_files(sweep):
     md = paths["summary.md"].read_text()
     assert "4 jobs: 2 completed, 1 failed, 1 other." in md
     assert "| # | overrides | status | eval/accuracy | train/loss | train/steps | wall time (s) |" in md
-    assert "| 0 | `method=sft seed=1` | completed | 0.25 | 2 | 5 | 12.5 |" in md
+    assert "| 0 | `method=sft seed=1` | completed | 0.25 | 2 | 5 | 12.5 |" in md  # nothing common to all
     assert "| 1 | `method=slam seed=1` | **failed** |  |  |  | 3 |" in md
     assert "- `1_method=slam,seed=1`: Training error: the training loss became nan" in md
 
@@ -82,6 +82,17 @@ def test_loss_is_the_main_metric_without_evaluation(tmp_path):
     rows = report.collect(root)
     assert report.main_metric(rows) == "train/loss"
     assert "| 1 | `a=2` | completed | 2 | 1 |" in report.to_markdown(rows)
+
+
+def test_overrides_every_job_shares_are_listed_once(tmp_path):
+    root = tmp_path / "s"
+    _job(root, "0_m=a", ["m=a", "train.max_steps=5"], {"status": "completed", "wall_s": 1}, {"train/loss": 3.0})
+    _job(root, "1_m=b", ["m=b", "train.max_steps=5"], {"status": "completed", "wall_s": 1}, {"train/loss": 2.0})
+    rows = report.collect(root)
+    assert report.common_overrides(rows) == ["train.max_steps=5"]
+    md = report.to_markdown(rows)
+    assert "Every job: `train.max_steps=5`" in md and "| 1 | `m=b` | completed | 2 | 1 |" in md
+    assert "m=b train.max_steps=5" in report.to_csv(rows)  # the csv keeps every override
 
 
 def test_not_a_sweep_dir(tmp_path):
