@@ -55,7 +55,7 @@ def test_a_plan_that_does_not_fit_the_gpu_is_refused(tmp_path):
 
 def test_several_nodes_need_one_shared_run_dir(tmp_path):
     proc = run_cli("hardware=deepspeed", "hardware.nnodes=2", "hardware.master_addr=node0", cwd=tmp_path,
-                   env={"SLURM_JOB_ID": ""})
+                   env={"SLURM_JOB_ID": None})
     _one_paragraph_error(proc, "a run on 2 nodes needs the same run dir on every node", "hydra.run.dir=")
     assert not (tmp_path / "outputs").exists()
 
