@@ -224,6 +224,8 @@ def execute(cfg: DictConfig) -> dict[str, float] | None:
         recipe = registry.get_recipe(cfg.method.recipe)(cfg)
         plan = recipe.plan()
         plan.extra.setdefault("precision", precision)
+        if cfg.hardware.distributed == "deepspeed":  # what the ranks will hand to DeepSpeed (plan.json only)
+            plan.extra["deepspeed_config"] = hardware.deepspeed_config(cfg, precision)
         plan.problems.extend(hardware.fit_problems(cfg, plan.memory))
         _print_plan(plan, run_dir)
         run_dir.write_json("plan.json", plan.to_dict())

@@ -390,7 +390,7 @@ def fit_problems(cfg: Any, memory: dict[str, Any]) -> list[str]:
             hints.append("train.gradient_checkpointing=true")
         if cfg.train.micro_batch_size > 1:
             hints.append("a smaller train.micro_batch_size (with a larger train.grad_accum_steps)")
-    if hw.distributed != "none":
+    if hw.distributed == "deepspeed" and hw.zero_stage >= 1:  # ZeRO partitions over the GPUs; DDP replicates
         hints.append("more GPUs (hardware.nproc_per_node / hardware.nnodes)")
     return [f"the estimated memory per GPU is {total:.1f} GiB (model states {total - memory.get('activations_gb', 0):.1f}"
             f", activations {memory.get('activations_gb', 0):.1f} at train.micro_batch_size={cfg.train.micro_batch_size}"

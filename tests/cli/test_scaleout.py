@@ -36,7 +36,10 @@ def test_deepspeed_dry_run_prints_a_per_gpu_estimate(tmp_path):
                    env={"CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr
     assert "memory per GPU" in proc.stdout and "world size 8, ZeRO-3" in proc.stdout
-    mem = json.loads((tmp_path / "plan.json").read_text())["memory"]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    mem = plan["memory"]
+    ds = plan["extra"]["deepspeed_config"]  # the config every rank would hand to DeepSpeed
+    assert ds["train_batch_size"] == 4 * 1 * 8 and ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
     # hand values (tests/unit/test_hardware.py): ZeRO-3 of SLAM's 541M trainable of 6.74B over 8 GPUs
     assert mem["weights_gb"] == round(1_684_603_904 / GiB, 3) and mem["optimizer_gb"] == round(946_864_128 / GiB, 3)
     assert mem["gathered_layer_gb"] == round(524_288_000 / GiB, 3) and mem["world_size"] == 8
