@@ -140,12 +140,15 @@ Compose a config from the groups below, validate it, plan it, and run it.
   run method=slam model=llama2-7b dry_run=true     plan only: parameters, rows, steps, memory; writes plan.json
   run method=slam train.max_steps=50               train and evaluate tiny-llama on the built-in data (CPU)
   run method=slam data=mgsm data.path=DIR          real data from a local copy
-  run -m method=sft,slam seed=1,2                  a Hydra multirun sweep
+  run -m method=sft,slam seed=1,2                  a Hydra multirun sweep (summary.csv/.md/.png; run-report DIR)
+  run hardware=deepspeed hardware.nproc_per_node=8 hardware.zero_stage=3
+                                                   every rank from one command (relaunched under torchrun)
   run experiment=NAME                              a paper's full setting (conf/experiment/)
 
 Config groups (group=option):
 {groups}
-Sections (key=value): train.* (lr, epochs, max_steps, micro_batch_size, grad_accum_steps, max_seq_len,
+Sections (key=value): hardware.* (nproc_per_node, nnodes, node_rank, master_addr, zero_stage, offload_optimizer,
+  offload_param, hostfile, gpu_memory_gb, ...), train.* (lr, epochs, max_steps, micro_batch_size, grad_accum_steps, max_seq_len,
   warmup_ratio, save_steps, eval_steps, ...), eval.* (max_samples, batch_size, max_new_tokens, num_samples,
   temperature, top_p, pass_at_k, repeats), seed, dry_run, resume, run_dir.
   `run --cfg job` prints the composed config; `run --hydra-help` shows Hydra's own flags.
