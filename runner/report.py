@@ -219,7 +219,7 @@ def plot(rows: Sequence[JobRow], path: str | Path, metric: str | None = None) ->
     for ax, name in zip(axes[0], metrics):
         values = [r.metrics.get(name) if name else None for r in rows]
         present = [v for v in values if v is not None]
-        span = max([abs(v) for v in present] + [1e-12])
+        span = max((abs(v) for v in present), default=0.0) or 1.0  # all zero (or none): a 0-1 axis
         ax.barh(ys, [v if v is not None else 0 for v in values], color=colors, height=0.6)
         for y, v, r in zip(ys, values, rows):
             ax.text((v if v is not None else 0) + 0.01 * span, y, _fmt(v) if v is not None else r.status,
