@@ -15,7 +15,7 @@ from typing import Any
 from recipes.base import Plan, Recipe
 from recipes.probing.config import LEVEL_CLASSES, data_format_problem
 from runner.errors import ConfigError, DataError, RunnerError
-from runner.hardware import estimate_memory, resolve_precision
+from runner.hardware import estimate_memory_per_gpu, resolve_precision
 
 log = logging.getLogger("runner.probing")
 
@@ -129,7 +129,7 @@ class ProbingRecipe(Recipe):
                           f"train.max_seq_len={cfg.train.max_seq_len} tokens are dropped and counted at run time), "
                           "then only the heads train")
         precision = resolve_precision(cfg.hardware)
-        plan.memory = estimate_memory(plan.total_params, 0, precision, training=False)
+        plan.memory = estimate_memory_per_gpu(self.cfg, plan.total_params, 0, training=False, precision=precision)
         plan.memory_gb = plan.memory["total_gb"]
         return plan
 

@@ -17,7 +17,7 @@ from recipes.base import Plan
 from recipes.sft.recipe import SFTRecipe
 from runner.config import global_batch_size, steps_for
 from runner.errors import ConfigError, DataError, RunDirError, RunnerError
-from runner.hardware import estimate_memory, resolve_precision
+from runner.hardware import estimate_memory_per_gpu, weights_precision
 
 log = logging.getLogger("runner.rl")
 
@@ -90,10 +90,9 @@ class GRPORecipe(SFTRecipe):
         except RunnerError as ex:
             plan.problems.append(ex.paragraph())
         plan.steps = steps_for(plan.train_rows * m.num_generations, cfg) if self.trains else 0
-        precision = resolve_precision(cfg.hardware)
-        plan.memory = estimate_memory(plan.total_params, plan.trainable_params, precision, training=self.trains)
+        plan.memory = estimate_memory_per_gpu(cfg, plan.total_params, plan.trainable_params, training=self.trains)
         if self.trains and m.beta > 0:  # the frozen reference model of the KL term
-            ref = estimate_memory(plan.total_params, 0, precision, training=False)["weights_gb"]
+            ref = estimate_memory_per_gpu(cfg, plan.total_params, 0, training=False)["weights_gb"]
             plan.memory["reference_gb"] = ref
             plan.memory["total_gb"] = round(plan.memory["total_gb"] + ref, 3)
         plan.memory_gb = plan.memory["total_gb"]
@@ -107,7 +106,8 @@ class GRPORecipe(SFTRecipe):
         cfg = self.cfg
         precision = hardware.resolve_precision(cfg.hardware)
         stored = self.stored_solutions()  # a bad file fails before the model loads
-        model, tokenizer = load_model(cfg.model, cfg.hardware, cfg.cache_dir, precision=precision)
+        model, tokenizer = load_model(cfg.model, cfg.hardware, cfg.cache_dir,
+                                      precision=weights_precision(cfg, precision))
         model = self.select_parameters(model)
         total, trainable = count_params(model)
         metrics: dict[str, Any] = {"train/total_params": total, "train/trainable_params": trainable,
