@@ -93,13 +93,40 @@ class Recipe:
     """Base class of the recipes: ``__init__(cfg)``, ``plan() -> Plan``, ``run() -> dict[str, float]``.
 
     Services available to subclasses: ``self.cfg`` (the resolved config), ``self.run_dir`` (:class:`RunDir`),
-    ``self.metrics`` (:class:`MetricsLogger`: ``metrics.jsonl`` + the tracker).
+    ``self.metrics`` (:class:`MetricsLogger`: ``metrics.jsonl`` + the tracker), ``self.resume_from`` (the checkpoint
+    to continue from under ``resume=true``, set by the CLI before :meth:`run`; None otherwise).
+
+    Resume: a recipe that sets ``supports_resume = True`` must continue from ``self.resume_from`` exactly (the
+    Trainer-based ones pass ``self.resume_from.path`` to :meth:`runner.trainer.RunnerTrainer.train`, which restores
+    weights, optimizer, scheduler, RNG states, data position and loss accumulators). The CLI refuses ``resume=true``
+    for the others.
     """
+
+    supports_resume: bool = False
+    """Whether :meth:`run` continues from ``self.resume_from`` (``resume=true``)."""
 
     def __init__(self, cfg: Any, metrics: MetricsLogger | None = None):
         self.cfg = cfg
         self.run_dir = RunDir(cfg.run_dir)
         self.metrics = metrics or MetricsLogger(self.run_dir)
+        self.resume_from: Any = None
+        """A :class:`runner.checkpoint.ResumePoint` under ``resume=true`` (set by the CLI), else None."""
+
+    def resume_point(self) -> Any:
+        """The checkpoint :meth:`run` continues from under ``resume=true`` (called by the CLI before the plan).
+
+        Default: the latest complete ``checkpoints/step-N`` (:func:`runner.checkpoint.find_resume_point`). A recipe
+        that trains in stages overrides it (its stage's own checkpoint dir). Returning None means "resume without a
+        checkpoint": training starts over while the recipe reuses what it finished or cached before (stage artifacts,
+        extracted features); the lines of ``metrics.jsonl`` are then cleared and logged again.
+
+        Raises:
+            RunDirError: no checkpoint to resume from.
+            ConfigError: the model, data or data-order config changed (unless ``resume_force=true``).
+        """
+        from runner.checkpoint import find_resume_point
+
+        return find_resume_point(self.run_dir.path, self.cfg)
 
     def plan(self) -> Plan:
         """Count parameters, rows, steps and memory; list every problem found. Must not train."""

@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from runner.config import CONF_DIR, compose, register_configs, validate
+from runner.config import CONF_DIR, check_group_choices, compose, register_configs, validate
 from runner.errors import RunnerError
 from runner.launch import LAUNCHED_ENV
 from runner.outputs import RunDir, is_main_process
@@ -39,7 +39,9 @@ def _fail(ex: RunnerError) -> None:
     """Print the error paragraph (rank 0 only: every rank of a launched run meets the same error)."""
     if not is_main_process():
         return
-    sys.stderr.write(ex.paragraph() + "\n")
+    from runner.outputs import redact
+
+    sys.stderr.write(redact(ex.paragraph()) + "\n")
     sys.stderr.flush()
 
 
@@ -86,6 +88,7 @@ def preflight(argv: list[str]) -> list[str]:
 
         raise compose_error(ex, overrides) from None
     cfg = compose(probe, return_hydra_config=True)
+    check_group_choices(cfg)
     if multirun:
         return argv
     validate(cfg)
@@ -102,6 +105,10 @@ def preflight(argv: list[str]) -> list[str]:
         # launched ranks reuse the run dir their launcher checked (rank 0 may be writing already)
         _check_nodes_share_run_dir(cfg, argv)
         RunDir(run_dir).check_fresh(resume)
+        if resume:
+            from runner.checkpoint import check_resume_config
+
+            check_resume_config(run_dir, cfg)
     return [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={_quote(str(run_dir))}"]
 
 
@@ -144,13 +151,14 @@ Compose a config from the groups below, validate it, plan it, and run it.
   run hardware=deepspeed hardware.nproc_per_node=8 hardware.zero_stage=3
                                                    every rank from one command (relaunched under torchrun)
   run experiment=NAME                              a paper's full setting (conf/experiment/)
+  run ... hydra.run.dir=DIR resume=true            continue a killed run from its latest checkpoint
 
 Config groups (group=option):
 {groups}
 Sections (key=value): hardware.* (nproc_per_node, nnodes, node_rank, master_addr, zero_stage, offload_optimizer,
   offload_param, hostfile, gpu_memory_gb, ...), train.* (lr, epochs, max_steps, micro_batch_size, grad_accum_steps, max_seq_len,
   warmup_ratio, save_steps, eval_steps, ...), eval.* (max_samples, batch_size, max_new_tokens, num_samples,
-  temperature, top_p, pass_at_k, repeats), seed, dry_run, resume, run_dir.
+  temperature, top_p, pass_at_k, repeats), seed, dry_run, resume, resume_force, run_dir.
   `run --cfg job` prints the composed config; `run --hydra-help` shows Hydra's own flags.
 Results go to the run dir (hydra.run.dir=DIR): config.yaml, plan.json, metrics.json, metrics.jsonl,
 predictions.jsonl, checkpoints/step-N/, provenance.json.
@@ -212,6 +220,7 @@ def execute(cfg: DictConfig) -> dict[str, float] | None:
     failed = True
     t0 = time.time()
     try:
+        protect_secrets(run_dir)
         validate(cfg)
         if multirun:
             run_dir.check_fresh(cfg.resume)
@@ -225,6 +234,7 @@ def execute(cfg: DictConfig) -> dict[str, float] | None:
         precision = hardware.setup(cfg.hardware, dry_run=bool(cfg.dry_run))
         hardware.init_process_group(cfg.hardware)
         recipe = registry.get_recipe(cfg.method.recipe)(cfg)
+        resume_point = _resume_point(cfg, recipe, run_dir)
         plan = recipe.plan()
         plan.extra.setdefault("precision", precision)
         if cfg.hardware.distributed == "deepspeed":  # what the ranks will hand to DeepSpeed (plan.json only)
@@ -233,18 +243,29 @@ def execute(cfg: DictConfig) -> dict[str, float] | None:
         _print_plan(plan, run_dir)
         run_dir.write_json("plan.json", plan.to_dict())
         if plan.problems:
-            raise RunnerError(f"the plan has {len(plan.problems)} problem(s) and nothing was run:", plan.problems)
+            from runner.errors import PlanError
+
+            raise PlanError(f"the plan has {len(plan.problems)} problem(s) and nothing was run:", plan.problems)
         if cfg.dry_run:
             failed = False
             _write_status(run_dir, "dry_run", t0)
             return None
         from runner.config import to_container
 
+        time_offset = 0.0
+        if cfg.resume:
+            from runner.checkpoint import ResumePoint, prepare_resume
+
+            # without a checkpoint the recipe trains again from the start: every logged step is logged again
+            time_offset = prepare_resume(run_dir, resume_point or ResumePoint(0, None))
+            recipe.resume_from = resume_point
+            _record_resume(run_dir, resume_point, precision)
+        else:
+            run_dir.write_provenance(extra={"precision": precision})
         run_dir.write_config(cfg)
-        run_dir.write_provenance(extra={"precision": precision})
         _write_status(run_dir, "running", t0)
         tracker = make_tracker(cfg, run_dir, to_container(cfg))
-        recipe.metrics = MetricsLogger(run_dir, tracker)
+        recipe.metrics = MetricsLogger(run_dir, tracker, time_offset=time_offset)
         metrics = recipe.run()
         metrics = {**metrics, "time/wall_s": round(time.time() - t0, 2)}
         run_dir.write_metrics(metrics)
@@ -302,6 +323,64 @@ def _run_launched(cfg: DictConfig, run_dir: RunDir, multirun: bool, t0: float) -
         log.error("job failed: the launched ranks exited with status %s", code)
         return None
     sys.exit(code)
+
+
+def protect_secrets(run_dir: RunDir) -> None:
+    """Keep credential values (``secret_values``) out of every file and log of the job.
+
+    Redacts the ``.hydra/*.yaml`` files Hydra wrote before the job started (they hold the command line), and filters
+    every log record of the root logger's handlers (console and ``run.log``). Logging errors (e.g. a full disk under
+    ``run.log``) are not printed as tracebacks.
+    """
+    import logging as _logging
+
+    from runner.outputs import SecretsFilter
+
+    _logging.raiseExceptions = False
+    root = _logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, SecretsFilter) for f in handler.filters):
+            handler.addFilter(SecretsFilter())
+    run_dir.redact_hydra_files()
+
+
+def _resume_point(cfg: DictConfig, recipe: Any, run_dir: RunDir) -> Any:
+    """The checkpoint to continue from under ``resume=true`` (None otherwise).
+
+    Raises:
+        ConfigError: the recipe cannot resume, or the config changed (see :func:`runner.checkpoint.check_resume_config`).
+        RunDirError: no checkpoint to resume from (:meth:`recipes.base.Recipe.resume_point`).
+    """
+    if not cfg.resume:
+        return None
+    from runner.errors import ConfigError
+
+    if not getattr(recipe, "supports_resume", False):
+        raise ConfigError(f"resume=true, but recipe '{cfg.method.recipe}' (method {cfg.method.name}) cannot resume "
+                          "from a checkpoint; run it again in a new dir (without resume=true).")
+    from runner.checkpoint import check_resume_config
+
+    for change in check_resume_config(run_dir.path, cfg):
+        log.warning("resume_force=true: resuming although %s", change)
+    point = recipe.resume_point()
+    if point is not None:
+        log.info("resuming from %s (step %d)", point.path, point.step)
+    return point
+
+
+def _record_resume(run_dir: RunDir, point: Any, precision: str) -> None:
+    """Keep the first run's provenance and append this resume (command line, git sha, checkpoint) to it."""
+    from runner.outputs import provenance
+
+    data = run_dir.read_json("provenance.json") if (run_dir / "provenance.json").exists() else {
+        **provenance(), "precision": precision}
+    now = provenance()
+    data.setdefault("resumes", []).append({"from_checkpoint": str(point.path) if point else None,
+                                           "step": point.step if point else None,
+                                           "argv": now["argv"], "git_sha": now["git_sha"],
+                                           "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                           "forced_changes": list(point.changes) if point else []})
+    run_dir.write_json("provenance.json", data)
 
 
 def _write_status(run_dir: RunDir, status: str, t0: float, error: str | None = None) -> None:

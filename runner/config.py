@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, RunnerError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "method", "data", "hardware", "logger", "experiment")
@@ -372,6 +372,18 @@ def compose_error(ex: BaseException, overrides: list[str]) -> ConfigError:
     detail = str(cause) if cause is not None else ""
     text = f"{msg}\n{detail}"
 
+    if type(ex).__name__ in ("ParserError", "ScannerError", "ComposerError", "ConstructorError") or \
+            "while parsing" in msg or "while scanning" in msg:
+        m = re.search(r'in "([^"]+)", line (\d+), column (\d+)', msg)
+        where = f"'{m.group(1)}' line {m.group(2)}, column {m.group(3)}" if m else "a config file"
+        first = " ".join(msg.split("\n")[0].split())
+        problem = " ".join(" ".join(msg.split("\n")[2:3]).split()) or first
+        return ConfigError(f"{where} is not valid YAML ({first}: {problem}). Fix the file: a value is "
+                           "'key: value', a list '[a, b]' or one '- item' per line, and brackets and quotes must "
+                           "close.")
+    in_file = re.search(r"^In '([^']+)':", msg)
+    origin = f" (in conf file '{in_file.group(1)}.yaml')" if in_file else ""
+
     m = re.search(r"Could not find '([\w\-/]+)/([^']+)'", text)
     if m:
         group, option = m.group(1), m.group(2)
@@ -398,13 +410,35 @@ def compose_error(ex: BaseException, overrides: list[str]) -> ConfigError:
         leaf = name.rsplit(".", 1)[-1]
         close = difflib.get_close_matches(leaf, valid, n=1)
         hint = f" Did you mean '{(parent + '.') if parent else ''}{close[0]}'?" if close else ""
+        if parent == "model" and not close:
+            hint = f" Architecture fields go under 'model.architecture' (e.g. model.architecture.{leaf}=...)."
         listing = f" Valid keys under '{parent or '<root>'}': {', '.join(valid)}." if valid else ""
-        return ConfigError(f"Unknown key '{name}'{(' in ' + schema) if schema else ''}.{hint}{listing}")
+        if parent in _OPEN_MAPPINGS:
+            return ConfigError(f"'{name}' is a new entry of the mapping '{parent}'{origin}; a new entry takes a "
+                               f"leading '+': +{name}=<value> (existing entries are overridden without it).")
+        return ConfigError(f"Unknown key '{name}'{(' in ' + schema) if schema else ''}{origin}.{hint}{listing}")
 
     m = re.search(r"Value '([^']*)' (?:of type '(\w+)' )?could not be converted to (\w+)", text)
     if m:
-        return ConfigError(f"'{key}' got the value '{m.group(1)}', which is not a valid {m.group(3)}. "
-                           f"Give '{key}' a {m.group(3).lower()} value, e.g. {_example(m.group(3), key)}.")
+        kind = m.group(3).lower()
+        article = "an" if kind[:1] in "aeiou" else "a"
+        return ConfigError(f"'{key}' got the value '{m.group(1)}'{origin}, which is not a valid {m.group(3)}. "
+                           f"Give '{key}' {article} {kind} value, e.g. {_example(m.group(3), key)}.")
+    m = re.search(r"Value '([^']*)' is not a valid (bool|int|float)", text)
+    if m:
+        kind = {"bool": "Boolean", "int": "Integer", "float": "Float"}[m.group(2)]
+        return ConfigError(f"'{key}' got the value '{m.group(1)}'{origin}, which is not a valid {kind}. Give "
+                           f"'{key}' a {kind.lower()} value, e.g. {_example(kind, key)}.")
+    if re.search(r"is not a ListConfig, list or tuple", text):
+        return ConfigError(f"'{key}' must be a list{origin}; write it in brackets, e.g. {key}=[1,4].")
+    if re.search(r"Cannot assign \w+ to Dict", text):
+        return ConfigError(f"'{key}' must be a mapping{origin}; set its entries one by one ({key}.<name>=<value>) "
+                           f"or write {key}={{name: value}}.")
+    m = re.search(r"is not a subclass of (\w+)", text)
+    if m and key:
+        parent, valid = _schema_keys(f"{key}.x")
+        return ConfigError(f"'{key}' is a section ({m.group(1)}), not a value; set its keys instead, e.g. "
+                           f"{key}.{valid[0] if valid else '<key>'}=<value>. Keys under '{key}': {', '.join(valid)}.")
     m = re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]", text)
     if m:
         return ConfigError(f"'{key}' got '{m.group(1)}'; valid values: {m.group(2)}.")
@@ -416,6 +450,10 @@ def compose_error(ex: BaseException, overrides: list[str]) -> ConfigError:
                            "key=value, group=option, +new_key=value or ~key.")
     first = " ".join(f"{msg} {detail}".split())
     return ConfigError(f"{first}" + (f" (key '{key}')" if key and key not in first else ""))
+
+
+_OPEN_MAPPINGS = ("model.architecture", "data.fields")
+"""Dict-typed keys whose entries are free (new ones are added with ``+key.entry=value``)."""
 
 
 def _example(type_name: str, key: str | None) -> str:
@@ -485,15 +523,62 @@ _CHOICES = {
 }
 
 
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is the mandatory-missing marker ``???`` (the ``hydra`` node is skipped; no
+    interpolation is resolved)."""
+    out: list[str] = []
+    for key in cfg.keys():
+        if not prefix and key == "hydra":
+            continue
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            out.append(full)
+            continue
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not node._is_none() and not node._is_interpolation():
+            out.extend(missing_keys(node, full + "."))
+    return out
+
+
+def check_group_choices(cfg: DictConfig) -> None:
+    """Every chosen group option exists. Hydra silently skips an unknown option of an optional group
+    (``experiment=typo`` would run without the experiment); this refuses it.
+
+    Needs the composed config with its ``hydra`` node (``compose(..., return_hydra_config=True)``).
+
+    Raises:
+        ConfigError: naming the option and the valid ones (from every ``file://`` dir of the search path).
+    """
+    runtime = OmegaConf.select(cfg, "hydra.runtime")
+    if runtime is None:
+        return
+    dirs = [Path(src.path) for src in runtime.config_sources if src.schema == "file" and src.path]
+    for group in GROUPS:
+        choice = runtime.choices.get(group)
+        if choice in (None, "null"):
+            continue
+        if not any((d / group / f"{choice}.yaml").exists() for d in dirs):
+            valid = sorted({p.stem for d in dirs for p in (d / group).glob("*.yaml")})
+            raise ConfigError(f"'{group}={choice}': there is no '{choice}' in config group '{group}' "
+                              f"({', '.join(str(d / group) for d in dirs)}). Valid options: "
+                              f"{', '.join(valid) or '(none)'}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks that need no model and no data; raises one :class:`ConfigError` listing every problem.
 
     Checks: choice-valued keys; the method is in the registry and belongs to its recipe; the method's own checks
-    against the model (e.g. SLAM's layers exist); batch arithmetic; evaluation settings; the model has a source.
+    against the model (e.g. SLAM's layers exist); batch arithmetic; evaluation settings; the model has a source; a
+    local ``model.path`` holds a config and safetensors weights; a local ``data.path`` exists (file checks only).
     """
     from runner import registry
 
     problems: list[str] = []
+    missing = missing_keys(cfg)
+    if missing:  # nothing else can be checked reliably, and reading one of them would raise
+        raise ConfigError(f"the config has {len(missing)} required key(s) without a value (???): "
+                          f"{', '.join(missing)}. Set each on the command line (e.g. {missing[0]}=<value>) or in "
+                          "the group's yaml.")
     allowed = set(RunConfig.__dataclass_fields__) | {"hydra"}
     for key in cfg:
         if key not in allowed:
@@ -594,6 +679,20 @@ def validate(cfg: DictConfig) -> None:
     if model.build == "tiny" and model.tokenizer not in (None, "builtin"):
         problems.append(f"'model.tokenizer' is '{model.tokenizer}' on a tiny model; tiny models use the builtin "
                         "tokenizer (model.tokenizer=builtin).")
+    if model.path:
+        from runner.models import check_local_dir
+
+        try:
+            check_local_dir(model.path, model.name, trust_remote_code=bool(model.trust_remote_code))
+        except RunnerError as ex:
+            problems.append(str(ex))
+    if cfg.data.path is not None:
+        from runner.data import check_path
+
+        try:
+            check_path(cfg.data)
+        except RunnerError as ex:
+            problems.append(str(ex))
     if problems:
         raise ConfigError(f"the config has {len(problems)} problem(s):", problems)
 

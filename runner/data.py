@@ -84,11 +84,13 @@ def read_json(path: Path) -> Any:
 def _field(row: dict[str, Any], name: str, where: str, types: tuple[type, ...] = (str,)) -> Any:
     if name not in row:
         raise DataError(f"{where} has no field '{name}' (fields present: {', '.join(sorted(row)) or 'none'}); map "
-                        f"the right source field with data.fields, e.g. data.fields.question=<name>.")
+                        f"the right source field with data.fields, e.g. +data.fields.{name}=<name> (a new entry takes "
+                        "the leading '+').")
     value = row[name]
     if not isinstance(value, types) or isinstance(value, bool):
         valid = " or ".join(t.__name__ for t in types)
-        raise DataError(f"{where} field '{name}' is a {type(value).__name__} ({str(value)[:40]!r}); it must be a "
+        article = "an" if type(value).__name__[:1] in "aeiou" else "a"
+        raise DataError(f"{where} field '{name}' is {article} {type(value).__name__} ({str(value)[:40]!r}); it must be a "
                         f"{valid}.")
     return value
 

@@ -54,6 +54,12 @@ class HardwareError(RunnerError):
     kind = "Hardware error"
 
 
+class PlanError(RunnerError):
+    """The recipe's plan found problems (each listed with its own kind); nothing was run."""
+
+    kind = "Plan error"
+
+
 class TrainingError(RunnerError):
     """Training stopped on a numerical problem (NaN or infinite loss)."""
 

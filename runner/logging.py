@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -77,9 +78,16 @@ class WandbTracker(Tracker):
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         self.wandb = wandb
-        self.run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, dir=str(run_dir.path),
-                              config=redact(dict(config)), name=run_dir.path.name, tags=list(cfg.logger.tags),
-                              mode=mode, reinit="finish_previous")
+        # Credential values never reach wandb: config, names and tags are redacted, and so is the command line
+        # that wandb records in its run metadata (sys.argv, restored right after).
+        argv = sys.argv
+        sys.argv = redact(list(argv))
+        try:
+            self.run = wandb.init(project=redact(cfg.logger.project), entity=redact(cfg.logger.entity),
+                                  dir=str(run_dir.path), config=redact(dict(config)), name=redact(run_dir.path.name),
+                                  tags=redact(list(cfg.logger.tags)), mode=mode, reinit="finish_previous")
+        finally:
+            sys.argv = argv
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.run.log(dict(metrics), step=step)
@@ -128,17 +136,27 @@ def make_tracker(cfg: Any, run_dir: RunDir, config: Mapping[str, Any]) -> Tracke
 
 
 class MetricsLogger:
-    """Writes one ``metrics.jsonl`` line per logged step and forwards it to the tracker (rank 0 only)."""
+    """Writes one ``metrics.jsonl`` line per logged step and forwards it to the tracker (rank 0 only).
 
-    def __init__(self, run_dir: RunDir, tracker: Tracker | None = None):
+    Args:
+        run_dir: where ``metrics.jsonl`` is.
+        tracker: the tracker (none by default).
+        time_offset: seconds already spent by the run (a resumed run's ``time_s`` continues from its last line).
+    """
+
+    def __init__(self, run_dir: RunDir, tracker: Tracker | None = None, time_offset: float = 0.0):
         self.run_dir = run_dir
         self.tracker = tracker or Tracker()
-        self.t0 = time.time()
+        self.t0 = time.time() - time_offset
+        path = run_dir / "metrics.jsonl"
+        self.lines = len(path.read_text(encoding="utf-8").splitlines()) if run_dir.main and path.exists() else 0
+        """Lines in ``metrics.jsonl`` so far (a checkpoint records it, so a resume cuts exactly what came after)."""
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         row = {"step": int(step), "time_s": round(time.time() - self.t0, 3)}
         row.update({k: v for k, v in metrics.items()})
         self.run_dir.append_jsonl("metrics.jsonl", [row])
+        self.lines += 1
         self.tracker.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step)
 
 

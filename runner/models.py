@@ -41,11 +41,21 @@ def hf_config(model_cfg: Any):
     model_type = arch.pop("model_type", None)
     if not model_type:
         raise ModelError(f"model '{model_cfg.name}': 'model.architecture' has no 'model_type' (e.g. llama, qwen2).")
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        import difflib
+
+        close = difflib.get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"model '{model_cfg.name}': 'model.architecture.model_type' is '{model_type}', which "
+                         f"transformers does not know.{hint} Valid types are the keys of transformers' "
+                         "CONFIG_MAPPING, e.g. llama, qwen2, mistral, gpt2.")
     try:
         return AutoConfig.for_model(model_type, **arch)
-    except ValueError as ex:
-        raise ModelError(f"model '{model_cfg.name}': 'model.architecture.model_type' is '{model_type}', which "
-                         f"transformers does not know ({ex}).") from None
+    except (ValueError, TypeError) as ex:
+        raise ModelError(f"model '{model_cfg.name}': the 'model.architecture' fields do not fit model_type "
+                         f"'{model_type}' ({' '.join(str(ex).split())[:300]}).") from None
 
 
 def auto_class(model_cfg: Any):
@@ -180,24 +190,41 @@ def model_source(model_cfg: Any, cache_dir: str | Path | None = None) -> str:
     return str(model_cfg.hub_id)
 
 
-def check_local_dir(path: str | Path, name: str) -> None:
-    """A local model dir must exist and hold a config and safetensors weights.
+def check_local_dir(path: str | Path, name: str, trust_remote_code: bool = False) -> None:
+    """A local model dir must exist and hold a readable ``config.json`` and safetensors weights, and ship no code of
+    its own unless ``model.trust_remote_code`` is on (file checks only: no torch, no transformers).
 
     Raises:
         ModelError: naming the dir and what it lacks.
     """
     p = Path(path)
     if not p.exists():
-        raise ModelError(f"model '{name}': 'model.path' is '{p}', which does not exist.")
+        raise ModelError(f"model '{name}': 'model.path' is '{p}', which does not exist; give a directory written by "
+                         "save_pretrained (config.json and *.safetensors).")
     if not p.is_dir():
-        raise ModelError(f"model '{name}': 'model.path' is '{p}', a file; give the checkpoint directory.")
-    if not (p / "config.json").exists():
+        raise ModelError(f"model '{name}': 'model.path' is '{p}', a file; give the checkpoint directory (the one "
+                         "holding config.json and *.safetensors).")
+    config = p / "config.json"
+    if not config.exists():
         raise ModelError(f"model '{name}': '{p}' has no config.json; model.path must be a directory written by "
                          "save_pretrained.")
+    try:
+        fields = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as ex:
+        raise ModelError(f"model '{name}': '{config}' is not valid JSON ({ex}); restore it from the original "
+                         "checkpoint.") from None
+    if not isinstance(fields, dict):
+        raise ModelError(f"model '{name}': '{config}' holds a JSON {type(fields).__name__}, not a model config "
+                         "object.")
+    if fields.get("auto_map") and not trust_remote_code:
+        raise ModelError(f"model '{name}': '{p}' ships its own Python code (auto_map in config.json: "
+                         f"{', '.join(sorted(fields['auto_map']))}), which the runner never runs by default. Use a "
+                         "checkpoint of a built-in transformers architecture, or, if you trust its author, set "
+                         "model.trust_remote_code=true in the model config.")
     if not any(p.glob("*.safetensors")):
         other = sorted(x.name for x in p.iterdir() if x.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         extra = f" It holds {', '.join(other)}: convert them to safetensors (pickled weights are not loaded)." if \
-            other else ""
+            other else " Weights are loaded from safetensors files only."
         raise ModelError(f"model '{name}': '{p}' has no *.safetensors weights.{extra}")
 
 
@@ -255,7 +282,7 @@ def load_model(model_cfg: Any, hardware_cfg: Any, cache_dir: str | Path, *, prec
     """
     source = model_source(model_cfg, cache_dir)
     if model_cfg.path or model_cfg.build == "tiny":
-        check_local_dir(source, model_cfg.name)
+        check_local_dir(source, model_cfg.name, trust_remote_code=bool(model_cfg.trust_remote_code))
     tokenizer = load_tokenizer(model_cfg, source)
     kwargs: dict[str, Any] = {"dtype": torch_dtype(model_cfg, precision or "fp32"),
                               "trust_remote_code": model_cfg.trust_remote_code, "use_safetensors": True}

@@ -10,10 +10,13 @@ leaves a half-written JSON behind, and a new run never overwrites another run's 
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,9 @@ RESULT_FILES = ("config.yaml", "metrics.json", "metrics.jsonl", "predictions.jso
 
 PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "trl", "deepspeed",
             "hydra-core", "omegaconf", "wandb", "math-verify", "sacrebleu", "numpy")
+
+MIN_FREE_BYTES = 2**20
+"""A run refuses a run dir on a device with less free space than this (1 MiB)."""
 
 SECRET_MARKERS = ("TOKEN", "SECRET", "KEY", "PASSWORD")
 """Environment variables whose name contains one of these hold credentials; their values never reach any file."""
@@ -58,6 +64,19 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
     if isinstance(obj, (list, tuple)):
         return [redact(v, secrets) for v in obj]
     return obj
+
+
+class SecretsFilter(logging.Filter):
+    """A logging filter that replaces credential values (:func:`secret_values`) in every record by ``***``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = secret_values()
+        if secrets:
+            message = record.getMessage()
+            clean = redact(message, secrets)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return True
 
 
 def _jsonable(value: Any) -> Any:
@@ -130,16 +149,49 @@ class RunDir:
         self.check_writable()
 
     def check_writable(self) -> None:
+        """The dir can be created and written, and its device has at least :data:`MIN_FREE_BYTES` free.
+
+        Raises:
+            RunDirError: the path is a file, not writable (read-only filesystem, permissions), or the device is full.
+        """
         if not self.main:
             return
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"run dir '{self.path}' is a file, not a directory; choose a dir with "
+                              "hydra.run.dir=...")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".probe.", dir=self.path)
-            os.close(fd)
-            os.unlink(probe)
+            try:
+                os.write(fd, b"x" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
         except OSError as ex:
+            if ex.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RunDirError(f"the device holding run dir '{self.path}' is full ({ex.strerror}); free space or "
+                                  "choose another dir with hydra.run.dir=...") from None
             raise RunDirError(f"run dir '{self.path}' is not writable ({ex.strerror or ex}); choose a writable dir "
                               "with hydra.run.dir=...") from None
+        free = shutil.disk_usage(self.path).free
+        if free < MIN_FREE_BYTES:
+            raise RunDirError(f"the device holding run dir '{self.path}' has {free / 2**20:.2f} MiB free, less than "
+                              f"the {MIN_FREE_BYTES / 2**20:.0f} MiB a run needs for its config, logs and metrics "
+                              "(checkpoints need more: see the plan's memory figures); free space or choose another "
+                              "dir with hydra.run.dir=...")
+
+    def redact_hydra_files(self) -> None:
+        """Replace credential values in the ``.hydra/*.yaml`` files Hydra wrote (they hold the command line)."""
+        secrets = secret_values()
+        hydra_dir = self.path / ".hydra"
+        if not self.main or not secrets or not hydra_dir.is_dir():
+            return
+        for f in hydra_dir.glob("*.yaml"):
+            text = f.read_text(encoding="utf-8")
+            clean = redact(text, secrets)
+            if clean != text:
+                atomic_write_text(f, clean)
 
     # ---- writers -------------------------------------------------------------------------------------------------
     def write_json(self, name: str, obj: Any) -> Path:

@@ -1,19 +1,27 @@
 """The HF ``Trainer`` as the runner uses it: arguments from ``train.*`` and ``hardware.*``, atomic checkpoints in
-``checkpoints/step-N``, a NaN guard, and callbacks that write ``metrics.jsonl`` and draw a ``rich`` progress bar.
+``checkpoints/step-N``, exact resume, NaN guards, and callbacks that write ``metrics.jsonl`` and draw a ``rich``
+progress bar.
 
 Recipes whose method is a loss or a parameter selection subclass :class:`RunnerTrainer` (overriding ``compute_loss``
-where needed) rather than writing their own loop.
+where needed) rather than writing their own loop; a recipe on another Trainer (TRL) mixes in
+:class:`RunnerTrainerMixin`.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import TrainOutput
 
 from runner import checkpoint, hardware
 from runner.errors import RunDirError, TrainingError
@@ -77,21 +85,110 @@ def training_arguments(cfg: Any, precision: str, output_dir: str | Path, args_cl
     return args_class(**kwargs)
 
 
-class RunnerTrainer(Trainer):
-    """``Trainer`` with the runner's checkpoint layout and a NaN guard.
+TEST_HOLD_ENV = "RUNNER_TEST_HOLD"
+"""For tests only, never set otherwise: ``step:N`` blocks the run once optimizer step N is logged and saved (at the
+start of step N+1); ``save:N`` blocks it in the middle of writing checkpoint N (weights written, optimizer state not
+yet). The process prints ``runner-test-hold <value>`` on stderr and sleeps until it is killed, so a test can SIGKILL a
+run at a known point (tests/recipes/test_resume.py)."""
 
-    * Checkpoints go to ``<run dir>/checkpoints/step-N`` through :func:`runner.checkpoint.atomic_dir`; older ones are
-      pruned to ``train.keep_last_n``.
-    * A NaN or infinite loss stops the run with :class:`TrainingError` naming the step; the last good checkpoint
-      stays.
+RUNNER_STATE = "runner_state.json"
+"""File in each checkpoint with the Trainer's loss accumulators (the HF Trainer does not save them)."""
+
+
+def _test_hold(where: str) -> None:
+    if os.environ.get(TEST_HOLD_ENV) == where:
+        sys.stderr.write(f"runner-test-hold {where}\n")
+        sys.stderr.flush()
+        time.sleep(3600)
+
+
+class RunnerTrainerMixin:
+    """The runner's checkpoint layout, exact resume and numerical guards, for any HF ``Trainer`` subclass.
+
+    ``RunnerTrainer = RunnerTrainerMixin + Trainer``; a recipe built on another Trainer (e.g. TRL's ``GRPOTrainer``)
+    gets the same by ``class MyTrainer(RunnerTrainerMixin, GRPOTrainer)``.
+
+    * Checkpoints go to ``<output_dir>/step-N`` through :func:`runner.checkpoint.atomic_dir` (a kill during a save
+      leaves the previous ones whole); older ones are pruned to ``keep_last_n``. A checkpoint is refused (the run
+      stops with :class:`TrainingError`) when a weight is NaN or infinite, so the last saved one is always good.
+    * A NaN or infinite loss stops the run with :class:`TrainingError` naming the step; the last good checkpoint stays.
+    * ``train(resume_from_checkpoint=...)`` continues exactly: the HF Trainer restores weights, optimizer, scheduler,
+      RNG states, step counters and the data position (it skips the batches already seen); this mixin also restores
+      the loss accumulators it does not save (:data:`RUNNER_STATE`), so the logged loss curve and the final
+      ``training_loss`` equal those of an uninterrupted run.
     """
 
     keep_last_n: int | None = None
+    """Keep only the N most recent checkpoints (None keeps all)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # metrics go to metrics.jsonl and the rich bar, not raw dicts on stdout
+        self._resumed_state: dict[str, Any] | None = None
+        self.add_callback(_RestoreAccumulators(self))
+        if os.environ.get(TEST_HOLD_ENV, "").startswith("step:"):
+            self.add_callback(_TestHoldCallback())
 
+    # ---- resume ----------------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | Path | None = None, *args: Any, **kwargs: Any):
+        """``Trainer.train``; with ``resume_from_checkpoint`` (a ``step-N`` dir) the run continues exactly where it
+        was saved, and the returned ``training_loss`` is the mean over every step, the ones before the checkpoint
+        included.
+
+        Raises:
+            RunDirError: the checkpoint dir does not exist.
+            TrainingError: a NaN or infinite loss (naming the step).
+        """
+        self._resumed_state = None
+        if resume_from_checkpoint is True:  # HF's shorthand for the latest checkpoint in output_dir
+            resume_from_checkpoint = checkpoint.latest(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise RunDirError(f"cannot resume: '{self.args.output_dir}' holds no complete checkpoint (step-N).")
+        if resume_from_checkpoint not in (None, False):
+            path = Path(resume_from_checkpoint)
+            if not path.is_dir():
+                raise RunDirError(f"cannot resume from '{path}': it is not a checkpoint dir.")
+            state_file = path / RUNNER_STATE
+            self._resumed_state = json.loads(state_file.read_text()) if state_file.exists() else None
+            resume_from_checkpoint = str(path)
+            if self._finished_at(path):
+                return self._restore_finished(path)
+        else:
+            resume_from_checkpoint = None
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self._resumed_state is not None and self.state.global_step > 0:
+            result = TrainOutput(result.global_step, self._total_loss_scalar / self.state.global_step,
+                                 result.metrics)
+        return result
+
+    def _finished_at(self, path: Path) -> bool:
+        """Whether the run had taken all its steps when checkpoint ``path`` was saved (a run killed during its final
+        evaluation). The HF Trainer would take one step too many when resumed from such a checkpoint."""
+        from transformers import TrainerState
+
+        saved = TrainerState.load_from_json(str(path / "trainer_state.json"))
+        if self.args.max_steps > 0:
+            return saved.global_step >= self.args.max_steps
+        return (saved.max_steps > 0 and saved.global_step >= saved.max_steps
+                and saved.num_train_epochs == math.ceil(self.args.num_train_epochs))
+
+    def _restore_finished(self, path: Path) -> TrainOutput:
+        """Resume from the final checkpoint: load its weights and state, take no step, report its loss."""
+        from transformers import TrainerState
+
+        self._load_from_checkpoint(str(path))
+        self.state = TrainerState.load_from_json(str(path / "trainer_state.json"))
+        self.callback_handler.on_train_begin(self.args, self.state, self.control)
+        self.callback_handler.on_train_end(self.args, self.state, self.control)
+        saved = self._resumed_state or {}
+        total = float(saved.get("total_loss_scalar", 0.0)) + float(saved.get("tr_loss", 0.0))
+        loss = total / self.state.global_step if saved and self.state.global_step else float("nan")
+        return TrainOutput(self.state.global_step, loss, {})
+
+    def _get_train_sampler(self, *args: Any, **kwargs: Any):
+        return epoch_seeded(super()._get_train_sampler(*args, **kwargs), int(self.args.seed))
+
+    # ---- guards --------------------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
@@ -99,10 +196,26 @@ class RunnerTrainer(Trainer):
             kept = f"the last good checkpoint is '{last}'" if last else "no checkpoint had been saved yet"
             raise TrainingError(f"the training loss became {loss.item()} at step {self.state.global_step + 1}; "
                                 f"training stopped ({kept}). Lower train.lr, enable train.max_grad_norm, or check "
-                                "the data for broken rows.")
+                                "the data for broken rows; resume=true with a lower train.lr continues from the last "
+                                "checkpoint.")
         return loss
 
+    def _check_finite_weights(self) -> None:
+        bad = [name for name, p in self.model.named_parameters() if p.numel() and not torch.isfinite(p).all()]
+        if self.args.world_size > 1:  # every rank takes the same decision (a save is collective)
+            flag = self.accelerator.reduce(torch.tensor(float(bool(bad)), device=self.args.device), reduction="sum")
+            bad = bad or (["a weight on another rank"] if flag.item() > 0 else [])
+        if bad:
+            last = checkpoint.latest(self.args.output_dir)
+            kept = f"the last good checkpoint is '{last}'" if last else "no checkpoint had been saved yet"
+            raise TrainingError(f"after step {self.state.global_step} the weights hold NaN or infinite values "
+                                f"({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}); checkpoint step-"
+                                f"{self.state.global_step} was not saved and training stopped ({kept}). Lower "
+                                "train.lr or enable train.max_grad_norm.")
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
+        self._check_finite_weights()
         final = checkpoint.step_dir(self.args.output_dir, self.state.global_step)
         if self.args.world_size <= 1:
             with checkpoint.atomic_dir(final) as tmp:
@@ -130,12 +243,24 @@ class RunnerTrainer(Trainer):
 
     def _write_checkpoint(self, output_dir: str) -> None:
         self.save_model(output_dir, _internal_call=True)
+        _test_hold(f"save:{self.state.global_step}")
         if not self.args.save_only_model:
             self._save_optimizer_and_scheduler(output_dir)
             self._save_scaler(output_dir)
             self._save_rng_state(output_dir)
         if self.args.should_save:
             self.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))
+            (Path(output_dir) / RUNNER_STATE).write_text(json.dumps(self._accumulators()))
+
+    def _accumulators(self) -> dict[str, Any]:
+        """The Trainer's loss accumulators at this step (HF keeps them in memory only), and how many lines
+        ``metrics.jsonl`` had when the checkpoint was written (what a resume keeps)."""
+        tr_loss = getattr(self, "_tr_loss", None)
+        logged = [cb.metrics.lines for cb in self.callback_handler.callbacks if isinstance(cb, MetricsCallback)]
+        return {"step": int(self.state.global_step), "metrics_lines": max(logged) if logged else None,
+                "tr_loss": float(tr_loss.item()) if tr_loss is not None else 0.0,
+                "total_loss_scalar": float(getattr(self, "_total_loss_scalar", 0.0)),
+                "globalstep_last_logged": int(getattr(self, "_globalstep_last_logged", self.state.global_step))}
 
     def save_final(self) -> Path:
         """Save the current step as a checkpoint unless it was just saved; returns its dir."""
@@ -147,9 +272,59 @@ class RunnerTrainer(Trainer):
         return final
 
 
+def epoch_seeded(sampler: Any, seed: int) -> Any:
+    """Make a sampler that shuffles with its own ``torch.Generator`` resumable: give it ``set_epoch(e)``, which
+    reseeds the generator with ``seed + e`` (the Trainer calls it at the start of every epoch).
+
+    Without it, such a sampler (TRL's ``RepeatSampler``) draws epoch ``e``'s order as the ``e``-th permutation of one
+    generator, so a run resumed in epoch ``e`` would replay epoch 0's order. Samplers that already have
+    ``set_epoch`` or use the global RNG (whose state the checkpoint restores) are returned unchanged.
+    """
+    generator = getattr(sampler, "generator", None)
+    if isinstance(generator, torch.Generator) and not hasattr(sampler, "set_epoch"):
+        def set_epoch(epoch: int) -> None:
+            generator.manual_seed(seed + int(epoch))
+
+        sampler.set_epoch = set_epoch
+    return sampler
+
+
+class RunnerTrainer(RunnerTrainerMixin, Trainer):
+    """``Trainer`` with the runner's checkpoint layout, exact resume and NaN guards (see :class:`RunnerTrainerMixin`).
+
+    Recipes whose method is a loss or a parameter selection subclass it (overriding ``compute_loss`` where needed).
+    """
+
+
+class _RestoreAccumulators(TrainerCallback):
+    """On resume, puts back the loss accumulators saved in :data:`RUNNER_STATE` (after the HF Trainer reset them,
+    before the first step)."""
+
+    def __init__(self, trainer: RunnerTrainerMixin):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = self.trainer._resumed_state
+        if not saved or int(saved.get("step", -1)) != state.global_step or not hasattr(self.trainer, "_tr_loss"):
+            return
+        t = self.trainer
+        t._tr_loss.fill_(float(saved["tr_loss"]))
+        t._total_loss_scalar = float(saved["total_loss_scalar"])
+        t._globalstep_last_logged = int(saved["globalstep_last_logged"])
+
+
+class _TestHoldCallback(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        _test_hold(f"step:{state.global_step}")
+
+
 class MetricsCallback(TrainerCallback):
     """Writes every Trainer log as ``<prefix>/<key>`` (``train/loss``, ``train/lr``...) to ``metrics.jsonl`` (and the
-    tracker); keeps the loss curve. A recipe that trains several times in one run (stages) gives each a prefix."""
+    tracker); keeps the loss curve. A recipe that trains several times in one run (stages) gives each a prefix.
+
+    The Trainer's end-of-training summary (``train_runtime``...) is not a step and is not written. On resume, the
+    loss curve starts with the losses logged before the checkpoint (from the restored ``log_history``).
+    """
 
     def __init__(self, metrics: MetricsLogger, extra: Any = None, prefix: str = "train"):
         self.metrics = metrics
@@ -157,8 +332,13 @@ class MetricsCallback(TrainerCallback):
         self.extra = extra
         self.prefix = prefix
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step and not self.losses:
+            self.losses = [(int(h["step"]), float(h["loss"])) for h in state.log_history
+                           if "loss" in h and "step" in h and h["step"] <= state.global_step]
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or not state.is_world_process_zero:
+        if not logs or not state.is_world_process_zero or "train_runtime" in logs:
             return
         row = {}
         for key, value in logs.items():

@@ -39,6 +39,13 @@ def state_digest(module: Any) -> str:
 class ProbingRecipe(Recipe):
     """Methods ``mrmbench`` (probes over preference dimensions + ITP) and ``lrhp`` (pair encoder + PDS + PMP)."""
 
+    supports_resume = True
+
+    def resume_point(self) -> Any:
+        """No training checkpoint: ``resume=true`` trains again from the start, reusing the features cached in
+        ``<run dir>/features/`` (extracted once), which reproduces the probes."""
+        return None
+
     def __init__(self, cfg: Any, metrics: Any = None):
         super().__init__(cfg, metrics)
         self._tasks: dict | None = None

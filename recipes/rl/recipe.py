@@ -16,7 +16,7 @@ from typing import Any
 from recipes.base import Plan
 from recipes.sft.recipe import SFTRecipe
 from runner.config import global_batch_size, steps_for
-from runner.errors import ConfigError, DataError, RunDirError, RunnerError
+from runner.errors import ConfigError, DataError, RunnerError
 from runner.hardware import estimate_memory_per_gpu, weights_precision
 
 log = logging.getLogger("runner.rl")
@@ -156,9 +156,9 @@ class GRPORecipe(SFTRecipe):
         eval_cb = self._periodic_eval_callback(tokenizer)
         if eval_cb is not None:
             trainer.add_callback(eval_cb)
-        resume_from = self._resume_from()
+        resume_from = str(self.resume_from.path) if self.resume_from is not None else None
         try:
-            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            result = trainer.train(resume_from_checkpoint=resume_from)
         finally:
             progress_cb.on_train_end(None, None, None)
         out: dict[str, Any] = {"train/loss": float(result.training_loss), "train/steps": int(trainer.state.global_step),
@@ -173,17 +173,3 @@ class GRPORecipe(SFTRecipe):
             out["train/final_checkpoint"] = str(trainer.save_final())
         self._trained_model = trainer.model
         return out
-
-    def _resume_from(self) -> Any:
-        if not self.cfg.resume:
-            return None
-        from runner import checkpoint
-
-        path = checkpoint.latest(self.run_dir / "checkpoints")
-        if path is None:
-            raise RunDirError(f"resume=true but '{self.run_dir / 'checkpoints'}' holds no complete checkpoint "
-                              "(step-N); start a new run instead, or set train.save_steps so runs leave checkpoints "
-                              "to resume from.")
-        checkpoint.clean_temporary(self.run_dir / "checkpoints")
-        log.info("resuming from %s", path)
-        return path

@@ -72,6 +72,15 @@ class GramRecipe(SFTRecipe):
     def trains(self) -> bool:
         return self.cfg.train.max_steps != 0
 
+    def resume_point(self) -> Any:
+        """The latest checkpoint of the last stage that saved one (``checkpoints/stage<k>/step-N``); each stage then
+        resumes from its own latest checkpoint (a finished stage takes no step)."""
+        from runner.checkpoint import find_resume_point, latest
+
+        dirs = [self.run_dir / "checkpoints" / f"stage{s}" for s in self.stages]
+        started = [d for d in dirs if latest(d) is not None] or dirs[:1]
+        return find_resume_point(self.run_dir.path, self.cfg, root=started[-1])
+
     def train_pairs(self) -> list[PreferencePair]:
         d = self.cfg.data
         if not self.trains:

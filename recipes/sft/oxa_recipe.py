@@ -120,6 +120,15 @@ class OxaRecipe(SFTRecipe):
     def trains(self) -> bool:
         return "train" in self.stages and self.cfg.train.max_steps != 0
 
+    def resume_point(self) -> Any:
+        """The latest training checkpoint; None when training has not saved one yet (``resume=true`` then skips the
+        stages whose artifact is already here and trains from the start)."""
+        from runner.checkpoint import latest
+
+        if latest(self.run_dir / "checkpoints") is None:
+            return None
+        return super().resume_point()
+
     def train_examples(self) -> list[data_lib.Example]:
         """The teacher rows (prompt, response, gold answer) of the training split: read by ``score`` and
         ``suppress``; other stages read artifacts instead."""

@@ -43,6 +43,8 @@ class SFTRecipe(Recipe):
             cls = getattr(importlib.import_module(module), name)
         return super().__new__(cls)
 
+    supports_resume = True
+
     def __init__(self, cfg: Any, metrics: Any = None):
         super().__init__(cfg, metrics)
         self._train_examples: list[data_lib.Example] | None = None
@@ -175,7 +177,8 @@ class SFTRecipe(Recipe):
                 return load_tokenizer(m, model_source(m, self.cfg.cache_dir))
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(m.tokenizer or m.hub_id, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(m.tokenizer or m.hub_id, local_files_only=True,
+                                                trust_remote_code=m.trust_remote_code, revision=m.revision)
             if tok.pad_token_id is None:
                 tok.pad_token = tok.unk_token or tok.eos_token
             return tok

@@ -93,7 +93,7 @@ def test_hub_path_maps_fields(compose_cfg, monkeypatch):
     (b"", "is empty"),
     (b'{"question": "q", "answer": "#### 1"}\n{bad json\n', "line 2 is not valid JSON"),
     (b'{"question": "q"}\n', "row 1 has no field 'answer'"),
-    (b'{"question": 5, "answer": "#### 1"}\n', "field 'question' is a int"),
+    (b'{"question": 5, "answer": "#### 1"}\n', "field 'question' is an int"),
     (b'{"question": "q\xff", "answer": "#### 1"}\n', "not valid UTF-8 \\(line 1"),
     (b'{"question": "q", "answer": "no marker"}\n', "no '#### <answer>' line"),
 ])
