@@ -143,10 +143,15 @@ def test_zero3_checkpoint_loads_into_one_process_for_evaluation(runs, tmp_path):
 
 
 def test_an_error_on_the_ranks_is_one_paragraph_and_recorded(tmp_path):
-    proc = run_cli(*RUN, *CONFIGS["sft-ddp"], "data=mgsm", f"data.path={tmp_path / 'missing'}",
+    # an empty training file: found by the ranks' plan (a missing data.path is refused before any launch)
+    data = tmp_path / "gsm8k"
+    data.mkdir()
+    (data / "train.jsonl").write_text("")
+    (data / "test.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    proc = run_cli(*RUN, *CONFIGS["sft-ddp"], "data=gsm8k", f"data.path={data}",
                    f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
-    assert proc.stderr.count("Data error: 'data.path' is") == 1, proc.stderr  # printed by rank 0 only
+    assert proc.stderr.count("Data error: data file") == 1, proc.stderr  # printed by rank 0 only
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["status"] == "failed" and "Data error" in status["error"]

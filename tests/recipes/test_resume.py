@@ -19,7 +19,7 @@ import pytest
 from runner import checkpoint
 from tests.conftest import REPO, RUN, run_cli
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]
+pytestmark = pytest.mark.slow
 
 SMALL = ["model.architecture.hidden_size=32", "model.architecture.intermediate_size=64",
          "model.architecture.num_hidden_layers=2", "model.architecture.vocab_size=512",
@@ -83,15 +83,16 @@ def _assert_same_as_uninterrupted(resumed: Path, full: Path, last: int = 10) -> 
         assert ma[key] == mb[key], key
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The reference: the RANDOM run without interruption."""
-    run_dir = tmp_path_factory.mktemp("full") / "run"
-    _ok(run_cli(*RANDOM, f"hydra.run.dir={run_dir}"))
-    return run_dir
+def test_sigkill_after_a_checkpoint_or_during_a_save_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """One chain of runs, so that the uninterrupted reference is built once whatever the xdist distribution."""
+    full = tmp_path / "full"
+    _ok(run_cli(*RANDOM, f"hydra.run.dir={full}"))
+    _killed_after_a_checkpoint(tmp_path / "after", full)
+    _killed_during_a_save(tmp_path / "during", full)
 
 
-def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):
+def _killed_after_a_checkpoint(tmp_path: Path, uninterrupted: Path) -> None:
+    tmp_path.mkdir()
     run_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
     proc = _start_held([*RANDOM, f"hydra.run.dir={run_dir}"], "step:5", log)
     _kill_when_held(proc, "step:5", log)
@@ -118,7 +119,8 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(unin
     assert [s for s, _ in checkpoint.list_checkpoints(run_dir / "checkpoints")] == [6, 8, 10]
 
 
-def test_sigkill_during_a_save_leaves_the_previous_checkpoint_whole(uninterrupted, tmp_path):
+def _killed_during_a_save(tmp_path: Path, uninterrupted: Path) -> None:
+    tmp_path.mkdir()
     run_dir, log = tmp_path / "run", tmp_path / "stderr.txt"
     proc = _start_held([*RANDOM, f"hydra.run.dir={run_dir}"], "save:4", log)
     _kill_when_held(proc, "save:4", log)
