@@ -90,6 +90,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same dir and an atomic rename.
 
@@ -103,6 +112,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; results are as readable as any file the user writes
         os.replace(tmp, path)
     except OSError as ex:
         try:

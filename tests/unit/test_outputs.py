@@ -60,3 +60,14 @@ def test_atomic_checkpoint_dir_keeps_previous_on_failure(tmp_path):
             (d / "w").write_text(str(step))
     checkpoint.prune(tmp_path, keep_last_n=2)
     assert [s for s, _ in checkpoint.list_checkpoints(tmp_path)] == [3, 4]
+
+
+def test_run_dir_files_follow_the_umask_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from runner.outputs import _FILE_MODE
+
+    RunDir(tmp_path, main=True).write_json("plan.json", {"a": 1})
+    mode = stat.S_IMODE(os.stat(tmp_path / "plan.json").st_mode)
+    assert mode == _FILE_MODE and mode & 0o044  # group/other can read under the usual umask 022
