@@ -49,6 +49,7 @@ class SFTRecipe(Recipe):
         super().__init__(cfg, metrics)
         self._train_examples: list[data_lib.Example] | None = None
         self._eval_examples: list[data_lib.Example] | None = None
+        self._plan_encoding: Any = None
         self.slam_layers: list[int] | None = None
 
     # ---- data ----------------------------------------------------------------------------------------------------
@@ -150,6 +151,8 @@ class SFTRecipe(Recipe):
                 from recipes.sft.data import encode_examples
 
                 enc = encode_examples(train, tokenizer, cfg.data, cfg.method.use_chat_template, cfg.train.max_seq_len)
+                if cfg.model.build == "tiny" or cfg.model.path:  # the tokenizer run() loads: reuse the rows there
+                    self._plan_encoding = enc
                 plan.train_rows = len(enc.rows)
                 plan.extra["longest_row_tokens"] = enc.max_len
                 if enc.dropped:
@@ -208,8 +211,8 @@ class SFTRecipe(Recipe):
                         "train/trainable_fraction": trainable / total if total else 0.0})
 
         if self.trains:
-            enc = encode_examples(self.train_examples(), tokenizer, cfg.data, cfg.method.use_chat_template,
-                                  cfg.train.max_seq_len)
+            enc = self._plan_encoding or encode_examples(self.train_examples(), tokenizer, cfg.data,
+                                                         cfg.method.use_chat_template, cfg.train.max_seq_len)
             if not enc.rows:
                 raise ConfigError(f"no training row fits train.max_seq_len={cfg.train.max_seq_len} tokens (longest "
                                   f"{enc.max_len}); raise train.max_seq_len.")
@@ -275,7 +278,8 @@ class SFTRecipe(Recipe):
         finally:
             progress_cb.on_train_end(None, None, None)
         metrics: dict[str, Any] = {f"{prefix}/loss": float(result.training_loss),
-                                   f"{prefix}/steps": int(trainer.state.global_step)}
+                                   f"{prefix}/steps": int(trainer.state.global_step),
+                                   f"{prefix}/runtime_s": float(result.metrics["train_runtime"])}
         if metrics_cb.losses:
             metrics[f"{prefix}/loss_first"] = metrics_cb.losses[0][1]
             metrics[f"{prefix}/loss_last"] = metrics_cb.losses[-1][1]
