@@ -13,7 +13,7 @@ from typing import Any
 from bench import stats
 from bench.common import BENCH, PYTHON, RUN, say, timed
 
-QUICK = {"repeats": 5, "warmup": 1}
+QUICK = {"repeats": 3, "warmup": 1}
 FULL = {"repeats": 15, "warmup": 2}
 TARGET_S = 0.5
 

@@ -51,6 +51,9 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         wp, tp = o["whole_process_s"], o["train_phase_s"]
         out.append(["1 overhead", "whole process (s)", _spread(wp["runner"]), _spread(wp["reference"]),
                     fmt_ratio(wp["ratio"], 3), "<= 1.02x", _met(wp["ratio"]["median"] <= 1.02), how])
+        cp = o["whole_process_cpu_s"]
+        out.append(["1 overhead", "whole process CPU time (s)", _spread(cp["runner"]), _spread(cp["reference"]),
+                    fmt_ratio(cp["ratio"], 3), "", "", "user + system seconds of the process (wait4)"])
         out.append(["1 overhead", "training phase (s)", _spread(tp["runner"]), _spread(tp["reference"]),
                     fmt_ratio(tp["ratio"], 3), "<= 1.02x", _met(tp["ratio"]["median"] <= 1.02),
                     "Trainer.train() runtime on both sides"])
@@ -88,7 +91,8 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         out.append(["4 dry-run", f"all {len(per)} model x method pairs, one `run -m` sweep: total",
                     _s(s["total_s"]), "", "", "", "",
                     f"per pair {_s(min(per))}-{_s(max(per))} (median {_s(sorted(per)[len(per) // 2])}; the first "
-                    f"job pays the imports); {failed} failed; table below"])
+                    f"job pays the imports); outside the jobs (start-up, Hydra's per-job composition): "
+                    f"{_s(s['total_s'] - s['jobs_s_sum'])}; {failed} failed; table below"])
         cp = d["cold_pair"]
         out.append(["4 dry-run", f"one pair cold ({cp['pair']})", _spread(cp["runner"]), _spread(cp["reference"]),
                     fmt_ratio(cp["ratio"]), "", "",
@@ -145,6 +149,20 @@ def dryrun_matrix(results: dict[str, Any]) -> str:
             + head + "\n".join(lines) + "\n")
 
 
+def profile_table(results: dict[str, Any]) -> str:
+    """Where the seconds of one benchmark-1 process go, per phase, from bench.sampler (full mode)."""
+    prof = results.get("benchmarks", {}).get("overhead", {}).get("profile")
+    if not prof:
+        return ""
+    phases = list(dict.fromkeys([*prof["runner"]["phases"], *prof["reference"]["phases"]]))
+    lines = [f"| {ph} | {prof['runner']['phases'].get(ph, 0):.2f} | {prof['reference']['phases'].get(ph, 0):.2f} |"
+             for ph in phases]
+    lines.append(f"| **total (wall, after interpreter start)** | {prof['runner']['wall_s']:.2f} | "
+                 f"{prof['reference']['wall_s']:.2f} |")
+    return ("Where the time of benchmark 1 goes (one more pair under `bench/sampler.py`, a stack-sampling profiler; "
+            "seconds):\n\n| phase | runner | reference |\n|---|---|---|\n" + "\n".join(lines) + "\n\n")
+
+
 def render(results: dict[str, Any], source: str = "") -> str:
     """The generated section of bench/README.md: a header line, the table, the dry-run matrix, any errors."""
     mach = results.get("machine", {})
@@ -158,7 +176,7 @@ def render(results: dict[str, Any], source: str = "") -> str:
     errors = results.get("errors") or {}
     err = "".join(f"\n**{k} failed**: `{' '.join(v.split())[-300:]}`\n" for k, v in errors.items())
     return head + "Cells show the median and, in brackets, the min-max over the pairs.\n\n" + table + "\n" + \
-        dryrun_matrix(results) + err
+        profile_table(results) + dryrun_matrix(results) + err
 
 
 def update_readme(results: dict[str, Any], source: str, readme: Path = BENCH / "README.md") -> None:
