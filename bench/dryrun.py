@@ -8,6 +8,8 @@ Tiny models are built before anything is timed (building one is a one-time cost 
 * **sweep**: one ``run -m model=<all> method=<all> dry_run=true`` (a Hydra multirun: imports paid once). Seconds per
   pair = the job's own ``status.json`` ``wall_s`` (validate, plan, print, write ``plan.json``); total = the whole
   process, Hydra's per-job composition included. A pair whose plan lists problems still counts (status ``failed``).
+  Its floor: the no-op ``@hydra.main`` app (``bench/reference/hydra_noop.py``) swept over as many jobs
+  (``-m lr=... seed=...``): Python start-up and Hydra's own per-job cost.
 * **one pair, cold**: ``run model=llama2-7b method=slam dry_run=true`` as its own process, against
   ``bench/reference/meta_build.py`` (read the yaml, build the model on the meta device with ``from_config``, count
   parameters: the least a script does to get the same count), alternating A B A B.
@@ -23,8 +25,8 @@ from typing import Any
 from bench import stats
 from bench.common import BENCH, PYTHON, REPO, RUN, say, timed, workdir
 
-QUICK = {"repeats": 2, "warmup": 0, "cold_every_pair": False}  # the sweep before it warms the same imports
-FULL = {"repeats": 5, "warmup": 1, "cold_every_pair": True}
+QUICK = {"sweep_repeats": 1, "repeats": 2, "warmup": 0, "cold_every_pair": False}  # the sweep warms the imports
+FULL = {"sweep_repeats": 2, "repeats": 5, "warmup": 1, "cold_every_pair": True}
 COLD_PAIR = ("llama2-7b", "slam")
 
 
@@ -40,8 +42,15 @@ def _job_key(job_dir: Path) -> tuple[str, str]:
     return kv.get("model", "?"), kv.get("method", "?")
 
 
-def sweep(models: list[str], methods: list[str], work: Path) -> dict[str, Any]:
-    sweep_dir = work / "sweep"
+def noop_sweep(jobs: int, work: Path, i: int) -> float:
+    """Wall seconds of the no-op Hydra app swept over ``jobs`` jobs (``lr`` x ``seed``)."""
+    lrs = ",".join(str(k) for k in range(1, jobs + 1))
+    return timed([PYTHON, str(BENCH / "reference" / "hydra_noop.py"), "-m", f"lr={lrs}",
+                  f"hydra.sweep.dir={work / f'noop-sweep-{i}'}"]).check().wall_s
+
+
+def sweep(models: list[str], methods: list[str], work: Path, i: int = 0) -> dict[str, Any]:
+    sweep_dir = work / f"sweep-{i}"
     proc = timed([RUN, "-m", f"model={','.join(models)}", f"method={','.join(methods)}", "dry_run=true",
                   f"hydra.sweep.dir={sweep_dir}"])
     if proc.returncode != 0:
@@ -79,8 +88,17 @@ def run(quick: bool) -> dict[str, Any]:
     models, methods = pairs()
     prebuild_tiny_models(models, work)
     say(f"dry-run sweep: {len(models)} models x {len(methods)} methods")
-    out: dict[str, Any] = {"setup": {**p, "models": models, "methods": methods},
-                           "sweep": sweep(models, methods, work)}
+    sweeps: list[dict[str, Any]] = []
+
+    def runner_sweep(i: int) -> float:
+        sweeps.append(sweep(models, methods, work, i))
+        return sweeps[-1]["total_s"]
+
+    res = stats.alternate({"runner": runner_sweep,
+                           "noop": lambda i: noop_sweep(len(models) * len(methods), work, i)},
+                          p["sweep_repeats"], warmup=0, log=lambda m: say(f"dry-run sweep {m}"))
+    out: dict[str, Any] = {"setup": {**p, "models": models, "methods": methods}, "sweep": sweeps[0],
+                           "sweep_vs_noop": stats.compare(res["runner"], res["noop"])}
 
     model, method = COLD_PAIR
 

@@ -88,8 +88,10 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
         s = d["sweep"]
         per = [j["s"] for j in s["jobs"].values()]
         failed = sum(1 for j in s["jobs"].values() if j["status"] != "dry_run")
+        sv = d["sweep_vs_noop"]
         out.append(["4 dry-run", f"all {len(per)} model x method pairs, one `run -m` sweep: total",
-                    _s(s["total_s"]), "", "", "", "",
+                    _spread(sv["runner"]), _spread(sv["reference"]), fmt_ratio(sv["ratio"]), "", "",
+                    f"reference: the no-op Hydra app swept over {len(per)} jobs; "
                     f"per pair {_s(min(per))}-{_s(max(per))} (median {_s(sorted(per)[len(per) // 2])}; the first "
                     f"job pays the imports); outside the jobs (start-up, Hydra's per-job composition): "
                     f"{_s(s['total_s'] - s['jobs_s_sum'])}; {failed} failed; table below"])
