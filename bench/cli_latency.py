@@ -14,7 +14,7 @@ from bench import stats
 from bench.common import BENCH, PYTHON, RUN, say, timed
 
 QUICK = {"repeats": 3, "warmup": 1}
-FULL = {"repeats": 15, "warmup": 2}
+FULL = {"repeats": 10, "warmup": 1}
 TARGET_S = 0.5
 
 COMMANDS = {

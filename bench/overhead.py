@@ -25,7 +25,7 @@ from bench import stats
 from bench.common import MODEL_20M, PYTHON, REPO, RUN, say, timed, workdir
 
 QUICK = {"steps": 3, "batch_size": 8, "repeats": 2, "warmup_steps": 1, "profile": False}
-FULL = {"steps": 30, "batch_size": 8, "repeats": 5, "warmup_steps": 1, "profile": True}
+FULL = {"steps": 20, "batch_size": 8, "repeats": 4, "warmup_steps": 1, "profile": True}
 
 
 def prepare(work: Path) -> tuple[Path, Path]:

@@ -29,7 +29,7 @@ from bench import stats
 from bench.common import MODEL_20M, SHARED_DATA, say, workdir
 
 QUICK = {"rows": 16, "batch_size": 8, "repeats": 2, "warmup_rows": 8, "trl_as_shipped": False}
-FULL = {"rows": 128, "batch_size": 8, "repeats": 3, "warmup_rows": 8, "trl_as_shipped": True}
+FULL = {"rows": 64, "batch_size": 8, "repeats": 3, "warmup_rows": 8, "trl_as_shipped": True}
 
 
 def _overrides(gsm8k: Any, rows: int, batch_size: int) -> list[str]:
