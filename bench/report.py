@@ -67,6 +67,10 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
                f"{tok['runner_completion_tokens']:,} completion tokens on both sides (equal: "
                f"{'yes' if tok['equal'] else 'NO'}); TRL defaults with fp32 and no gradient checkpointing; "
                f"{c['runner']['n']} A/B pairs after a warm-up, one process")
+        if tok.get("runner_padded_tokens") and tok.get("trl_padded_tokens"):
+            how += (f"; tokens the model saw, padding included: runner {tok['runner_padded_tokens']:,}, TRL "
+                    f"{tok['trl_padded_tokens']:,} ({tok['trl_padded_tokens'] / tok['runner_padded_tokens']:.2f}x; "
+                    f"{tok['runner_total_tokens']:,} without padding)")
         out.append(["2 throughput", "completion tokens/s vs TRL SFTTrainer", _spread(c["runner"], _n),
                     _spread(c["reference"], _n), fmt_ratio(c["ratio"]), ">= 1.3x", _met(c["ratio"]["median"] >= 1.3),
                     how])

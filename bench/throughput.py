@@ -15,6 +15,8 @@ C (full mode only), TRL exactly as shipped: its defaults including bf16 autocast
 
 Tokens per second = completion tokens seen / ``Trainer.train()`` runtime. Both sides see the same rows once, so the
 same completion tokens: the result records both counts (they must be equal) and the total (non-padding) tokens.
+Each side's collator is wrapped to count the padded tokens it hands the model (rows x width of every batch): the
+padding each batching leaves is what the speed difference comes from.
 That the two build the same labels, and so the same loss on the same batch, is a test:
 ``tests/unit/test_trl_parity.py``.
 """
@@ -27,6 +29,20 @@ from typing import Any
 
 from bench import stats
 from bench.common import MODEL_20M, SHARED_DATA, say, workdir
+
+
+class PaddingCounter:
+    """Wraps a collator; counts the tokens of every batch it builds, padding included (``rows x width``)."""
+
+    def __init__(self, collate: Any):
+        self.collate = collate
+        self.padded = 0
+
+    def __call__(self, features: Any) -> Any:
+        batch = self.collate(features)
+        self.padded += int(batch["input_ids"].numel())
+        return batch
+
 
 QUICK = {"rows": 16, "batch_size": 8, "repeats": 2, "warmup_rows": 8, "trl_as_shipped": False}
 FULL = {"rows": 64, "batch_size": 8, "repeats": 3, "warmup_rows": 8, "trl_as_shipped": True}
@@ -54,6 +70,7 @@ def run(quick: bool) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
+    from recipes.sft import data as sft_data
     from recipes.sft.data import IGNORE_INDEX, encode_examples
     from runner import data as data_lib
     from runner.cli import execute
@@ -72,10 +89,26 @@ def run(quick: bool) -> dict[str, Any]:
     def n_rows(i: int) -> int:
         return p["rows"] if i >= 0 else p["warmup_rows"]
 
+    padded: dict[str, int] = {}
+
     def runner_side(i: int) -> float:
         cfg = compose([*_overrides(gsm8k, n_rows(i), p["batch_size"]), f"run_dir={work / f'runner-{i + 100}'}"])
-        with contextlib.redirect_stdout(io.StringIO()):
-            metrics = execute(cfg)
+        original = sft_data.CompletionCollator.__call__
+        seen = [0]
+
+        def counting(self: Any, features: Any) -> Any:
+            batch = original(self, features)
+            seen[0] += int(batch["input_ids"].numel())
+            return batch
+
+        sft_data.CompletionCollator.__call__ = counting  # count only; the batch is the runner's own
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                metrics = execute(cfg)
+        finally:
+            sft_data.CompletionCollator.__call__ = original
+        if i >= 0:
+            padded["runner"] = seen[0]
         return float(metrics["train/runtime_s"])
 
     trl_counts: dict[str, int] = {}
@@ -90,12 +123,16 @@ def run(quick: bool) -> dict[str, Any]:
                              num_train_epochs=1, use_cpu=True, report_to="none", save_strategy="no", seed=0,
                              disable_tqdm=True, **matched)
             trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+            counter = trainer.data_collator = PaddingCounter(trainer.data_collator)
             if i >= 0:
                 labels = trainer.train_dataset["labels"]
                 trl_counts["rows"] = len(labels)
                 trl_counts["completion_tokens"] = sum(sum(1 for t in row if t != -100) for row in labels)
                 trl_counts["total_tokens"] = sum(len(row) for row in trainer.train_dataset["input_ids"])
-            return float(trainer.train().metrics["train_runtime"])
+            runtime = float(trainer.train().metrics["train_runtime"])
+            if i >= 0:
+                padded["trl_as_shipped" if shipped else "trl"] = counter.padded
+            return runtime
         return side
 
     sides = {"runner": runner_side, "trl": trl_side(False)}
@@ -114,6 +151,7 @@ def run(quick: bool) -> dict[str, Any]:
                    "runner_completion_tokens": runner_completion,
                    "trl_completion_tokens": trl_counts.get("completion_tokens"),
                    "runner_total_tokens": runner_total, "trl_total_tokens": trl_counts.get("total_tokens"),
+                   "runner_padded_tokens": padded.get("runner"), "trl_padded_tokens": padded.get("trl"),
                    "equal": runner_completion == trl_counts.get("completion_tokens")
                    and len(enc.rows) == trl_counts.get("rows")},
         "train_phase_s": stats.compare(res["runner"], res["trl"]),
