@@ -40,3 +40,12 @@ def test_alternate_runs_warmup_then_rounds_in_order_and_drops_warmup():
     assert res == {"a": [0, 1], "b": [0, -1]}
     with pytest.raises(ValueError):
         stats.alternate({"a": lambda i: i}, repeats=0)
+
+
+def test_megabatch_rows_follow_the_trainers_rule():
+    from bench.throughput import megabatch_rows
+
+    # min(rows // (4 x batch), 50) x batch, at least one batch
+    assert megabatch_rows(16, 8) == 8  # 16 // 32 = 0 -> one batch: nothing grouped
+    assert megabatch_rows(128, 8) == 32  # 128 // 32 = 4 batches
+    assert megabatch_rows(7473, 8) == 400  # capped at 50 batches
