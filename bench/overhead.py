@@ -2,7 +2,8 @@
 
 A: ``run method=sft`` on the 20M-parameter benchmark model (:data:`bench.common.MODEL_20M`) and the built-in
 ``data=arith`` training rows, ``train.max_steps=S``, ``train.micro_batch_size=B``, no evaluation and no final
-checkpoint (the reference does neither).
+checkpoint (the reference does neither), and ``train.padding_free=false``: both sides then run the same padded
+batches, so the figure is the runner's overhead, not its batching (benchmark 2 measures that).
 B: ``bench/reference/trainer_sft.py``: the same model directory, the same rows (rendered once by the harness into a
 JSON Lines file), the same steps, batch, lr, schedule, seed and sampler, straight on ``transformers.Trainer``.
 
@@ -50,7 +51,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
 def runner_cmd(run_dir: Path, steps: int, batch_size: int) -> list[str]:
     return [RUN, *MODEL_20M, "method=sft", "data=arith", f"train.max_steps={steps}",
             f"train.micro_batch_size={batch_size}", "eval.enabled=false", "train.save_final=false",
-            f"hydra.run.dir={run_dir}"]
+            "train.padding_free=false", f"hydra.run.dir={run_dir}"]
 
 
 def reference_cmd(model_dir: Path, rows: Path, out: Path, steps: int, batch_size: int) -> list[str]:

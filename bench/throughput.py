@@ -5,11 +5,10 @@ Both sides train the 20M-parameter benchmark model for one epoch over the same f
 one Python process (imports paid once; sides alternate A B A B on a fresh copy of the model each time).
 
 A, the runner: ``runner.cli.execute`` on the composed config (the path ``run`` takes after Hydra), with its defaults:
-``train.batching=length_grouped`` (the Trainer's length-grouped sampler: rows of similar length share a batch, so
-less padding). That sampler sorts rows by length inside random megabatches of :func:`megabatch_rows` rows, which
-grow with the dataset: quick mode's 16 rows make one-batch megabatches (nothing is grouped, so the quick figure is
-about 1x by construction); full mode's 128 rows make 32-row megabatches; a dataset of 1,600 rows or more gets
-400-row ones.
+``train.padding_free=true`` (each micro-batch of 8 rows flattened into one row, no padding, attention per sequence:
+``runner/padding_free.py``) and ``train.batching=length_grouped`` (the Trainer's length-grouped sampler; it sorts
+rows inside random megabatches of :func:`megabatch_rows` rows, which no longer changes the work once there is no
+padding, only the order).
 B, TRL 1.16 ``SFTTrainer`` on a ``{"prompt", "completion"}`` dataset with its defaults (no packing, no padding-free,
 random order, completion-only loss, ``max_length=1024``), except what must match for the comparison to be about
 batching: fp32 (TRL's default is bf16 autocast) and no gradient checkpointing (TRL's default is on), the runner's
@@ -83,6 +82,7 @@ def run(quick: bool) -> dict[str, Any]:
     from recipes.sft import data as sft_data
     from recipes.sft.data import IGNORE_INDEX, encode_examples
     from runner import data as data_lib
+    from runner import padding_free
     from runner.cli import execute
     from runner.config import compose
     from runner.models import load_tokenizer, model_source
@@ -103,7 +103,7 @@ def run(quick: bool) -> dict[str, Any]:
 
     def runner_side(i: int) -> float:
         cfg = compose([*_overrides(gsm8k, n_rows(i), p["batch_size"]), f"run_dir={work / f'runner-{i + 100}'}"])
-        original = sft_data.CompletionCollator.__call__
+        original, original_flat = sft_data.CompletionCollator.__call__, padding_free.collator
         seen = [0]
 
         def counting(self: Any, features: Any) -> Any:
@@ -111,14 +111,23 @@ def run(quick: bool) -> dict[str, Any]:
             seen[0] += int(batch["input_ids"].numel())
             return batch
 
-        sft_data.CompletionCollator.__call__ = counting  # count only; the batch is the runner's own
+        def counting_flat() -> PaddingCounter:
+            counter = PaddingCounter(original_flat())
+            counters.append(counter)
+            return counter
+
+        counters: list[PaddingCounter] = []
+        # count only; the batches are the runner's own (padded or flattened, as train.padding_free says)
+        sft_data.CompletionCollator.__call__ = counting
+        padding_free.collator = counting_flat
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 metrics = execute(cfg)
         finally:
             sft_data.CompletionCollator.__call__ = original
+            padding_free.collator = original_flat
         if i >= 0:
-            padded["runner"] = seen[0]
+            padded["runner"] = seen[0] + sum(c.padded for c in counters)
         return float(metrics["train/runtime_s"])
 
     trl_counts: dict[str, int] = {}
@@ -155,7 +164,7 @@ def run(quick: bool) -> dict[str, Any]:
 
     out: dict[str, Any] = {
         "setup": {**p, "data": f"GSM8K train, first {p['rows']} rows", "epochs": 1,
-                  "runner_batching": "length_grouped (default)",
+                  "runner_batching": "padding-free (train.padding_free=true, the default), length-grouped order",
                   "runner_megabatch_rows": megabatch_rows(p["rows"], p["batch_size"]),
                   "trl": "SFTConfig defaults + bf16=False, gradient_checkpointing=False"},
         "tokens": {"runner_rows": len(enc.rows), "trl_rows": trl_counts.get("rows"),

@@ -236,6 +236,11 @@ class TrainConfig:
     """Gradient clipping norm (0 disables it)."""
     batching: str = "length_grouped"
     """``random``, ``length_grouped`` (similar lengths per batch: less padding, the CPU win), or ``sequential``."""
+    padding_free: bool = True
+    """Flatten each micro-batch into one row without padding, attention kept per sequence (``runner/padding_free.py``):
+    the linear layers see only real tokens. Used where the loss is the model's own token cross-entropy (``sft``,
+    ``slam``, ``lora``) and attention is SDPA or FlashAttention; methods whose loss reads rows apart (``oxa``, ``gram``)
+    and ``hardware.attn_implementation=eager`` batch with padding."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     logging_steps: int = 1

@@ -8,6 +8,7 @@ device without loading weights, so ``dry_run=true`` works for a 13B model offlin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -238,7 +239,9 @@ class SFTRecipe(Recipe):
             resume: continue from the latest checkpoint in ``output_dir`` (None: as ``resume`` says).
             trainer_kwargs: passed to the trainer's constructor.
 
-        The trainer is kept as ``self.last_trainer``.
+        With ``train.padding_free`` (and the default trainer, whose loss is the model's own), micro-batches are
+        flattened into one row and attention runs per sequence (:mod:`runner.padding_free`); otherwise rows are
+        right-padded. The trainer is kept as ``self.last_trainer``.
 
         Returns:
             (the trained model, ``{prefix}/loss``, ``/steps``, ``/loss_first``, ``/loss_last``, ``/final_checkpoint``).
@@ -247,7 +250,7 @@ class SFTRecipe(Recipe):
             RunDirError: ``resume=true`` without a checkpoint to resume from.
         """
         from recipes.sft.data import CompletionCollator
-        from runner import hardware
+        from runner import hardware, padding_free
         from runner.trainer import MetricsCallback, RichProgressCallback, RunnerTrainer, training_arguments
 
         cfg = self.cfg
@@ -255,8 +258,10 @@ class SFTRecipe(Recipe):
         precision = hardware.resolve_precision(cfg.hardware)
         args = training_arguments(cfg, precision, output_dir)
         metrics_cb, progress_cb = MetricsCallback(self.metrics, prefix=prefix), RichProgressCallback()
-        trainer = (trainer_cls or RunnerTrainer)(model=model, args=args, train_dataset=rows,
-                                                 data_collator=CompletionCollator(tokenizer.pad_token_id),
+        attn = getattr(getattr(model, "config", None), "_attn_implementation", "")
+        flatten = cfg.train.padding_free and trainer_cls is None and (attn == "sdpa" or attn.startswith("flash"))
+        collate = padding_free.collator() if flatten else CompletionCollator(tokenizer.pad_token_id)
+        trainer = (trainer_cls or RunnerTrainer)(model=model, args=args, train_dataset=rows, data_collator=collate,
                                                  processing_class=tokenizer, callbacks=[metrics_cb, progress_cb],
                                                  **trainer_kwargs)
         trainer.keep_last_n = cfg.train.keep_last_n
@@ -273,13 +278,16 @@ class SFTRecipe(Recipe):
                                   "run instead, or set train.save_steps so runs leave checkpoints to resume from.")
             checkpoint.clean_temporary(output_dir)
             log.info("resuming from %s", resume_from)
+        varlen = padding_free.attention(model) if flatten and attn == "sdpa" else contextlib.nullcontext()
         try:
-            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            with varlen:
+                result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finally:
             progress_cb.on_train_end(None, None, None)
         metrics: dict[str, Any] = {f"{prefix}/loss": float(result.training_loss),
-                                   f"{prefix}/steps": int(trainer.state.global_step),
-                                   f"{prefix}/runtime_s": float(result.metrics["train_runtime"])}
+                                   f"{prefix}/steps": int(trainer.state.global_step)}
+        if "train_runtime" in result.metrics:  # absent when a resumed run had no step left to train
+            metrics[f"{prefix}/runtime_s"] = float(result.metrics["train_runtime"])
         if metrics_cb.losses:
             metrics[f"{prefix}/loss_first"] = metrics_cb.losses[0][1]
             metrics[f"{prefix}/loss_last"] = metrics_cb.losses[-1][1]

@@ -115,3 +115,17 @@ def test_sampling_evaluation_reports_both_pass_at_k_keys_on_math500(tmp_path):
     assert m["eval/pass@4_any"] == pytest.approx(sum(any(v) for v in by_id.values()) / 3)
     assert m["eval/pass@1"] == pytest.approx(m["eval/accuracy"])
     assert preds[0]["gold"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+
+
+def test_padding_free_batching_trains_as_padded_batches_do(tmp_path):
+    """train.padding_free (the default) flattens each micro-batch; the per-step losses are the padded run's."""
+    losses = {}
+    for flag in ("true", "false"):
+        run_dir = tmp_path / flag
+        proc = run_cli("method=sft", "train.max_steps=6", "train.micro_batch_size=4", "eval.enabled=false",
+                       "train.save_final=false", f"train.padding_free={flag}", f"hydra.run.dir={run_dir}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[flag] = [x["train/loss"] for x in lines if "train/loss" in x]
+    assert len(losses["true"]) == 6
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)

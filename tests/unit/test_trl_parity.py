@@ -3,7 +3,8 @@
 Benchmark 2 (``bench/throughput.py``) compares the runner's training speed with TRL's on GSM8K; the comparison is
 only fair if both train on the same tokens with the same loss. Here both encode the same GSM8K rows (the runner:
 ``encode_examples`` + ``CompletionCollator``; TRL: its own dataset preparation + ``DataCollatorForLanguageModeling``)
-and both trainers compute the loss of that batch on the same tiny-llama.
+and both trainers compute the loss of that batch on the same tiny-llama; the runner's default padding-free batch of
+the same rows (``runner/padding_free.py``) gives that loss too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from recipes.sft.data import IGNORE_INDEX, CompletionCollator, encode_examples
+from runner import padding_free
 from runner.config import compose
 from runner.data import load_split, render
 from runner.models import load_model
@@ -57,5 +59,10 @@ def test_runner_and_trl_build_the_same_batch_and_loss(tmp_path):
         shifted = ours["labels"][:, 1:]
         keep = shifted != IGNORE_INDEX
         by_hand = F.cross_entropy(logits[:, :-1][keep], shifted[keep])
+        flat = padding_free.collator()(runner_rows)  # the runner's default batching: same rows, no padding
+        assert int((flat["labels"] != IGNORE_INDEX).sum()) == int(keep.sum())
+        with padding_free.attention(model):
+            flat_loss = model(**flat).loss
     assert ours_loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert flat_loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
     assert trl_loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
