@@ -16,8 +16,9 @@ same ``num_items_in_batch``) up to floating-point summation order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.nn import functional as F  # noqa: N812
