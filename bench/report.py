@@ -63,8 +63,8 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
     if t and "skipped" not in t:
         c = t["completion_tokens_per_s"]
         tok = t["tokens"]
-        how = (f"GSM8K train first {t['setup']['rows']} rows, 1 epoch, batch {t['setup']['batch_size']} (the runner's "
-               f"sampler sorts by length within {t['setup'].get('runner_megabatch_rows', '?')}-row megabatches), "
+        how = (f"GSM8K train first {t['setup']['rows']} rows, 1 epoch, batch {t['setup']['batch_size']} (the runner: "
+               f"{t['setup'].get('runner_batching', '?')}), "
                f"{tok['runner_completion_tokens']:,} completion tokens on both sides (equal: "
                f"{'yes' if tok['equal'] else 'NO'}); TRL defaults with fp32 and no gradient checkpointing; "
                f"{c['runner']['n']} A/B pairs after a warm-up, one process")
