@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import ConfigError, RunDirError
+from runner.outputs import probe_write
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +156,7 @@ def write_failure(ex: BaseException, where: str | Path) -> str | None:
         if known.lower() in text.lower():
             return known
     try:
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=where)
-        try:
-            os.write(fd, b"\0" * 65536)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
+        probe_write(where, 65536)
     except OSError as probe_ex:
         return probe_ex.strerror or str(probe_ex)
     return None

@@ -123,6 +123,21 @@ def atomic_write_text(path: Path, text: str) -> None:
                           "(hydra.run.dir=...).") from None
 
 
+
+def probe_write(where: str | Path, nbytes: int) -> None:
+    """Write ``nbytes`` into a hidden temporary file in ``where``, fsync it and remove it.
+
+    Raises:
+        OSError: the directory cannot take the write (full, read-only, quota, permissions).
+    """
+    fd, probe = tempfile.mkstemp(prefix=".probe.", dir=where)
+    try:
+        os.write(fd, b"\0" * nbytes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
 class RunDir:
     """The directory one run writes to (``run_dir``); rank 0 writes, other ranks only read.
 
@@ -171,13 +186,7 @@ class RunDir:
                               "hydra.run.dir=...")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(prefix=".probe.", dir=self.path)
-            try:
-                os.write(fd, b"x" * 4096)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-                os.unlink(probe)
+            probe_write(self.path, 4096)
         except OSError as ex:
             if ex.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise RunDirError(f"the device holding run dir '{self.path}' is full ({ex.strerror}); free space or "
