@@ -10,14 +10,18 @@ Errors name the file or row at fault (:class:`runner.errors.DataError`) and are 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runner.errors import DataError
+
+T = TypeVar("T")
+_GAP = object()
 
 
 @dataclass
@@ -385,14 +389,21 @@ def load_split(cfg: Any, split: str, max_per_lang: int | None = None, max_total:
         by_lang = {k: v[:max_per_lang] for k, v in by_lang.items()}
     ordered = [ex for lang in languages for ex in by_lang.get(lang, [])]
     if max_total is not None and len(ordered) > max_total:
-        rr: list[Example] = []
-        queues = [list(by_lang.get(lang, [])) for lang in languages]
-        while len(rr) < max_total:
-            for q in queues:
-                if q and len(rr) < max_total:
-                    rr.append(q.pop(0))
-        ordered = rr
+        ordered = round_robin([by_lang.get(lang, []) for lang in languages], max_total)
     return ordered
+
+
+def round_robin(groups: Iterable[Sequence[T]], limit: int) -> list[T]:
+    """Items taken one from each group in turn (group order, then item order) until ``limit`` are taken or every
+    group is used up: a cut that keeps each group (language, preference subset) represented."""
+    out: list[T] = []
+    for layer in itertools.zip_longest(*groups, fillvalue=_GAP):
+        for item in layer:
+            if item is not _GAP:
+                if len(out) == limit:
+                    return out
+                out.append(item)
+    return out
 
 
 def render(ex: Example, cfg: Any) -> tuple[str, str]:

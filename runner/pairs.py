@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.data import round_robin
 from runner.errors import DataError
 
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
@@ -189,11 +190,5 @@ def load_pair_split(cfg, split: str, max_pairs: int | None = None) -> list[Prefe
         groups: dict[str, list[PreferencePair]] = {}
         for p in pairs:
             groups.setdefault(p.subset, []).append(p)
-        queues = list(groups.values())
-        picked: list[PreferencePair] = []
-        while len(picked) < max_pairs:
-            for q in queues:
-                if q and len(picked) < max_pairs:
-                    picked.append(q.pop(0))
-        pairs = picked
+        pairs = round_robin(groups.values(), max_pairs)
     return pairs

@@ -111,3 +111,13 @@ def test_missing_path(compose_cfg, tmp_path):
 def test_read_jsonl_skips_blank_lines(tmp_path):
     (tmp_path / "a.jsonl").write_text(json.dumps({"a": 1}) + "\n\n" + json.dumps({"a": 2}) + "\n")
     assert read_jsonl(tmp_path / "a.jsonl") == [{"a": 1}, {"a": 2}]
+
+
+def test_round_robin_takes_one_per_group_in_turn():
+    from runner.data import round_robin
+
+    groups = [["a1", "a2", "a3"], ["b1"], [], ["c1", "c2"]]
+    assert round_robin(groups, 5) == ["a1", "b1", "c1", "a2", "c2"]
+    assert round_robin(groups, 3) == ["a1", "b1", "c1"]
+    assert round_robin(groups, 99) == ["a1", "b1", "c1", "a2", "c2", "a3"]  # groups used up before the limit
+    assert round_robin(groups, 0) == []
