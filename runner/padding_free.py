@@ -47,7 +47,8 @@ def varlen_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
         ``([1, T, H, D]`` attention output, ``None``): the layout transformers' attention interface expects.
 
     Raises:
-        ValueError: ``cu_seq_lens_q`` with a batch dimension other than 1, or offsets that do not end at ``T``.
+        ValueError: ``cu_seq_lens_q`` with a batch dimension other than 1, or offsets that do not end at ``T``; a
+            sequence longer than the layer's ``sliding_window`` (this path attends to the whole prefix).
     """
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:
@@ -59,6 +60,11 @@ def varlen_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     if query.shape[0] != 1 or bounds[-1] != query.shape[2]:
         raise ValueError(f"padding-free attention needs one flattened row whose length ({query.shape[2]} tokens, "
                          f"batch dim {query.shape[0]}) is cu_seq_lens_q's last offset ({bounds[-1]}).")
+    window = kwargs.get("sliding_window")
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    if window is not None and longest > window:
+        raise ValueError(f"padding-free attention is full causal within each sequence, but this layer has a sliding "
+                         f"window of {window} tokens and a row of {longest}; set train.padding_free=false.")
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
@@ -89,22 +95,32 @@ def register() -> str:
     return ATTN_IMPLEMENTATION
 
 
-def supported(model: Any) -> bool:
-    """Whether ``model`` runs SDPA attention, the implementation the per-sequence path replaces."""
-    config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) == "sdpa"
+def _implementation(model: Any) -> str:
+    return str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "")
+
+
+def applies(model: Any) -> bool:
+    """Whether ``model`` can train on flattened batches: SDPA attention (replaced by :func:`varlen_sdpa_attention`
+    while training) or a FlashAttention implementation (varlen already: transformers reads ``cu_seq_lens_q``)."""
+    name = _implementation(model)
+    return name == "sdpa" or name.startswith("flash_attention")
 
 
 @contextmanager
 def attention(model: Any) -> Iterator[None]:
-    """Within the block, ``model`` (an SDPA model) attends per sequence; its implementation is restored after.
+    """Within the block, ``model`` attends per sequence on flattened batches; its implementation is restored after.
+
+    SDPA models switch to :func:`varlen_sdpa_attention`; FlashAttention models are left as they are.
 
     Raises:
-        ValueError: the model does not use SDPA attention (see :func:`supported`).
+        ValueError: the model's attention cannot keep flattened sequences apart (see :func:`applies`).
     """
-    if not supported(model):
-        raise ValueError(f"padding-free batching replaces SDPA attention; this model uses "
-                         f"'{getattr(model.config, '_attn_implementation', None)}'.")
+    name = _implementation(model)
+    if not applies(model):
+        raise ValueError(f"padding-free batching needs SDPA or FlashAttention; this model uses '{name}'.")
+    if name != "sdpa":
+        yield
+        return
     model.set_attn_implementation(register())
     try:
         yield

@@ -258,8 +258,7 @@ class SFTRecipe(Recipe):
         precision = hardware.resolve_precision(cfg.hardware)
         args = training_arguments(cfg, precision, output_dir)
         metrics_cb, progress_cb = MetricsCallback(self.metrics, prefix=prefix), RichProgressCallback()
-        attn = getattr(getattr(model, "config", None), "_attn_implementation", "")
-        flatten = cfg.train.padding_free and trainer_cls is None and (attn == "sdpa" or attn.startswith("flash"))
+        flatten = cfg.train.padding_free and trainer_cls is None and padding_free.applies(model)
         collate = padding_free.collator() if flatten else CompletionCollator(tokenizer.pad_token_id)
         trainer = (trainer_cls or RunnerTrainer)(model=model, args=args, train_dataset=rows, data_collator=collate,
                                                  processing_class=tokenizer, callbacks=[metrics_cb, progress_cb],
@@ -278,7 +277,7 @@ class SFTRecipe(Recipe):
                                   "run instead, or set train.save_steps so runs leave checkpoints to resume from.")
             checkpoint.clean_temporary(output_dir)
             log.info("resuming from %s", resume_from)
-        varlen = padding_free.attention(model) if flatten and attn == "sdpa" else contextlib.nullcontext()
+        varlen = padding_free.attention(model) if flatten else contextlib.nullcontext()
         try:
             with varlen:
                 result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

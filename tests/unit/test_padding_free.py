@@ -79,9 +79,27 @@ def test_refuses_a_batch_that_does_not_match_its_offsets():
                                            cu_seq_lens_q=torch.tensor([0, 3, 7]))
 
 
-def test_non_sdpa_model_is_refused():
+def test_which_attention_implementations_train_flattened():
     model = _model()
+    assert padding_free.applies(model)
+    model.config._attn_implementation = "flash_attention_2"  # varlen natively: nothing to switch
+    assert padding_free.applies(model)
+    with padding_free.attention(model):
+        assert model.config._attn_implementation == "flash_attention_2"
     model.set_attn_implementation("eager")
+    assert not padding_free.applies(model)
     with pytest.raises(ValueError, match="eager"):
         with padding_free.attention(model):
             pass
+
+
+def test_a_row_longer_than_a_sliding_window_is_refused():
+    model = _model()
+    q = torch.zeros(1, 4, 7, 8)
+    attn = model.model.layers[0].self_attn
+    out, _ = padding_free.varlen_sdpa_attention(attn, q, q[:, :2], q[:, :2], None,
+                                                cu_seq_lens_q=torch.tensor([0, 3, 7]), sliding_window=4)
+    assert out.shape == (1, 7, 4, 8)  # rows of 3 and 4 tokens fit a 4-token window
+    with pytest.raises(ValueError, match="sliding window of 3"):
+        padding_free.varlen_sdpa_attention(attn, q, q[:, :2], q[:, :2], None,
+                                           cu_seq_lens_q=torch.tensor([0, 3, 7]), sliding_window=3)
