@@ -25,6 +25,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test runs with one torch thread (restored after): in-process runs may set ``hardware.num_threads``, and
+    two threads per xdist worker on 2 cores made a tiny model's step ~10x slower. torch is imported only if the test
+    already did."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/data (skips the test when the shared data is not there)."""
     path = SHARED_DATA.joinpath(*parts)

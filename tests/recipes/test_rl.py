@@ -20,7 +20,6 @@ def tiny_qwen2(tmp_path_factory):
     from runner.config import compose
     from runner.models import load_model
 
-    torch.set_num_threads(1)
     cfg = compose(["model=tiny-qwen2", f"run_dir={tmp_path_factory.mktemp('run')}"])
     return load_model(cfg.model, cfg.hardware, cfg.cache_dir)
 

@@ -30,16 +30,6 @@ from runner.generate import left_pad
 from runner.pairs import PreferencePair
 from tests.conftest import tiny_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: under pytest -n 2 on 2 cores, two threads per worker oversubscribe the CPU (a tiny model's
-    step measured ~10x slower with 2 threads than with 1 on the shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 SHORT = "{prompt}\nA: {response_a}\nB: {response_b}\nBetter: "
 
 

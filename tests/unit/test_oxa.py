@@ -25,16 +25,6 @@ from recipes.sft.oxa import (
 from tests.conftest import tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: under pytest -n 2 on 2 cores, two threads per worker oversubscribe the CPU (a tiny model's
-    step measured ~10x slower with 2 threads than with 1 on the shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _logits_for(probs: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """One row of a 2-token vocabulary: position t predicts token 0 with probability probs[t]; labels are token 0
     after a first (unscored) position."""
